@@ -1,0 +1,1 @@
+"""The `vla-compress` command line (click). Rich output lives only here."""

@@ -1,0 +1,180 @@
+"""`vla-compress` commands. Heavy imports (torch, simulator) happen inside each command so
+that `vla-compress --help` stays instant."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import VLACompressError
+
+
+class _Group(click.Group):
+    """Turns VLACompressError into a one-line message and exit code 2 (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VLACompressError as e:
+            click.secho(f"error: {e}", fg="red", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="vla-compress")
+def main() -> None:
+    """Compress, export, profile and verify Vision-Language-Action robot policies."""
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _fmt_count(n: float, unit: str = "") -> str:
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {suf}{unit}"
+    return f"{n:.0f} {unit}".strip()
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--json-out", type=click.Path(path_type=Path), help="Also write the summary as JSON.")
+@click.option("--allow-pickle", is_flag=True, help="Allow unpickling .pt/.bin files you trust.")
+def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None:
+    """Family, components, FLOPs/bytes per policy step, token counts and action spec of CHECKPOINT."""
+    from rich.table import Table
+
+    from ..fileio import write_json
+    from ..models import load_vla
+    from ..profile.counting import count_policy_step
+
+    vla = load_vla(checkpoint, allow_pickle=allow_pickle)
+    count = count_policy_step(vla)
+    tokens = vla.token_counts()
+    console = _console()
+    console.print(f"[bold]{checkpoint}[/]  family=[cyan]{vla.family}[/]  params={_fmt_count(count.params)}")
+    table = Table(title="components (one policy step)")
+    for col in ("component", "params", "calls/step", "FLOPs/step", "weight bytes read/step"):
+        table.add_column(col, justify="right" if col != "component" else "left")
+    for name, c in count.per_component.items():
+        table.add_row(name, _fmt_count(c["params"]), str(c["calls"]), _fmt_count(c["flops"]), _fmt_count(c["weight_bytes_read"], "B"))
+    table.add_row("[bold]total", _fmt_count(count.params), "", _fmt_count(count.flops), _fmt_count(count.weight_bytes, "B"))
+    console.print(table)
+    console.print(f"tokens: {tokens.to_dict()}")
+    console.print(f"action: {vla.action_spec.to_dict()}")
+    if json_out:
+        write_json(json_out, {"checkpoint": str(checkpoint), "family": vla.family, "count": count.to_dict(),
+                              "tokens": tokens.to_dict(), "action_spec": vla.action_spec.to_dict()})
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--suite", default="metaworld-mt10", show_default=True)
+@click.option("--tasks", default="", help="Comma-separated subset of the suite's tasks.")
+@click.option("--episodes", default=10, show_default=True, help="Episodes per task (seeded, disjoint from demo seeds).")
+@click.option("--workers", default=2, show_default=True, help="Parallel worker processes.")
+@click.option("--runtime", default="torch", show_default=True, help="Runtime that runs the checkpoint/artifact.")
+@click.option("--out", type=click.Path(path_type=Path), help="Write the full result (per task, per episode) as JSON.")
+def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: int, runtime: str, out: Path | None) -> None:
+    """Closed-loop success of CHECKPOINT in simulation, per task with Wilson 95% intervals."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from ..errors import ConfigError
+    from ..evaluate.rollout import PolicySpec, evaluate
+    from ..fileio import write_json
+    from ..models import detect_family
+
+    if episodes < 1 or workers < 1:
+        raise ConfigError("--episodes and --workers must be >= 1")
+    if runtime == "torch":
+        detect_family(checkpoint)  # fail fast with a clear message before starting workers
+    spec = PolicySpec(runtime, str(checkpoint))
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] or None
+    console = _console()
+    succ = [0]
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("success {task.fields[rate]}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
+        bar = progress.add_task(f"eval {checkpoint.name}", total=None, rate="-")
+
+        def on_episode(r, done, total):
+            succ[0] += r.success
+            progress.update(bar, completed=done, total=total, rate=f"{succ[0] / done:.0%}")
+
+        result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode)
+    result["checkpoint"] = str(checkpoint)
+    print_eval_table(console, result)
+    if out:
+        write_json(out, result)
+        console.print(f"wrote {out}")
+
+
+def print_eval_table(console, result: dict) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"{result['suite']}: {result['episodes_per_task']} episodes/task")
+    for col in ("task", "success", "95% CI (Wilson)", "mean steps"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task, r in result["per_task"].items():
+        lo, hi = r["ci95"]
+        table.add_row(task, f"{r['successes']}/{r['episodes']} ({r['success_rate']:.0%})", f"[{lo:.0%}, {hi:.0%}]", f"{r['mean_steps']:.0f}")
+    lo, hi = result["pooled"]["ci95"]
+    table.add_row("[bold]mean", f"[bold]{result['mean_success']:.1%}", f"[{lo:.0%}, {hi:.0%}]", "")
+    console.print(table)
+    lat = result["latency_ms"]
+    if lat["mean_per_inference"] is not None:
+        console.print(f"policy step latency: mean {lat['mean_per_inference']:.1f} ms, p50 {lat['p50']:.1f} ms "
+                      f"(per inference, in the rollout workers); wall {result['wall_s']:.0f} s with {result['workers']} workers")
+
+
+@main.command("collect-demos")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--episodes-per-task", default=50, show_default=True)
+@click.option("--extra-hard", default=0, show_default=True, help="Extra episodes for reach, push, pick-place and peg-insert-side.")
+@click.option("--camera", default="corner", show_default=True)
+@click.option("--image-size", default=128, show_default=True)
+@click.option("--workers", default=2, show_default=True)
+@click.option("--overwrite", is_flag=True)
+def collect_demos(out: Path, episodes_per_task: int, extra_hard: int, camera: str, image_size: int, workers: int, overwrite: bool) -> None:
+    """Collect MetaWorld MT10 scripted-expert demos into a LeRobot v3 dataset at OUT."""
+    from rich.progress import Progress
+
+    from ..data.collect import collect
+    from ..evaluate.metaworld_env import MT10_TASKS, CameraSpec
+
+    want = {t: episodes_per_task + (extra_hard if t in HARD_TASKS else 0) for t in MT10_TASKS}
+    with Progress(console=_console()) as progress:
+        bar = progress.add_task("expert episodes", total=sum(want.values()))
+        collect(out, MT10_TASKS, want, CameraSpec(camera, image_size), workers, overwrite=overwrite,
+                on_episode=lambda ep: progress.advance(bar) if ep.extras["success"] else None)
+    click.echo(f"wrote {out}")
+
+
+HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
+
+
+@main.command("train-reference")
+@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="LeRobot v3 dataset (collect-demos).")
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--head", type=click.Choice(["regression", "tokens"]), default="regression", show_default=True)
+@click.option("--steps", default=4000, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=3e-4, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--init-from", default="", help="Start vision/projector/backbone from this checkpoint.")
+def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int, init_from: str) -> None:
+    """Train reference-small by behaviour cloning (seeded, reproducible; CPU or GPU)."""
+    from ..train.bc import TrainConfig, train
+
+    cfg = TrainConfig(head=head, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, init_from=init_from)
+    path = train(dataset, out, cfg, log=lambda m: click.echo(m))
+    click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

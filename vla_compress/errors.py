@@ -1,0 +1,43 @@
+"""One exception hierarchy for everything vla-compress reports to a user.
+
+Every error names the file (or object) it is about and what is wrong with it, so a
+user can fix the input without reading a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VLACompressError(Exception):
+    """Base class: the CLI turns these into a one-line message and exit code 2."""
+
+
+class CheckpointError(VLACompressError):
+    """A checkpoint directory or file is missing, malformed or does not match its config."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class UnsafeFileError(CheckpointError):
+    """A file would need unpickling (arbitrary code execution) and no opt-in was given."""
+
+
+class DatasetError(VLACompressError):
+    """A dataset directory is not a valid LeRobot-layout dataset."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(VLACompressError):
+    """A user-supplied configuration (recipe, pass config, hardware file) is invalid."""
+
+
+class SimulationError(VLACompressError):
+    """The simulator could not be created or rendered (missing GL backend, unknown task)."""

@@ -1,0 +1,146 @@
+"""MetaWorld 3.x tasks as robot observations: RGB frames, an instruction and proprio only.
+
+A policy sees what a real robot would: a camera image, the instruction, and its own state
+(end-effector position and gripper opening). MetaWorld's 39-d observation also carries
+object and goal poses; those are deliberately withheld, otherwise a policy could succeed
+without looking and nothing compression does to vision would show in its success rate.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import SimulationError
+
+MT10_TASKS: tuple[str, ...] = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
+
+# MetaWorld's obs[0:3] is the hand position and obs[3] the gripper opening; obs[4:] are
+# object poses and the goal, which the policy must not see.
+PROPRIO_DIM = 4
+ACTION_DIM = 4
+# MetaWorld steps MuJoCo with frame_skip=5 at dt=2.5 ms: 80 control steps per second.
+CONTROL_HZ = 80
+
+
+def ensure_gl_backend() -> str:
+    """Pick a headless MuJoCo GL backend before mujoco is imported: EGL, else OSMesa."""
+    if "MUJOCO_GL" in os.environ:
+        return os.environ["MUJOCO_GL"]
+    import ctypes.util
+
+    backend = "egl" if ctypes.util.find_library("EGL") else "osmesa"
+    os.environ["MUJOCO_GL"] = backend
+    os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    return backend
+
+
+def instruction_for(task: str) -> str:
+    """The natural-language instruction for a MetaWorld task, from the language-world package."""
+    from language_world import TASK_DESCRIPTIONS
+
+    key = task.removesuffix("-v3").removesuffix("-v2")
+    if key not in TASK_DESCRIPTIONS:
+        raise SimulationError(f"no instruction for MetaWorld task {task!r} in language_world.TASK_DESCRIPTIONS")
+    return TASK_DESCRIPTIONS[key]
+
+
+@dataclass(frozen=True)
+class CameraSpec:
+    name: str = "corner"
+    size: int = 128
+
+    @property
+    def flip(self) -> bool:
+        # MetaWorld's "corner" camera renders upside down.
+        return self.name == "corner"
+
+
+class MetaWorldEnv:
+    """One MetaWorld task instance, seeded, rendering one camera on the CPU.
+
+    A fresh gymnasium env is made per episode: `gym.make(seed=s)` followed by
+    `reset(seed=s)` is the only sequence we found that makes the object/goal placement a
+    pure function of `s` (a second reset with the same seed gives another placement).
+    """
+
+    def __init__(self, task: str, camera: CameraSpec = CameraSpec(), max_steps: int = 300):
+        ensure_gl_backend()
+        if task not in MT10_TASKS:
+            import metaworld  # noqa: F401  (registers the envs; validates the name below)
+        self.task = task
+        self.camera = camera
+        self.max_steps = max_steps
+        self.instruction = instruction_for(task)
+        self._env = None
+        self._renderer = None
+
+    def reset(self, seed: int) -> tuple[dict, np.ndarray]:
+        """Start an episode with a seeded placement; returns (observation, raw 39-d state)."""
+        ensure_gl_backend()
+        import gymnasium as gym
+        import metaworld  # noqa: F401  (registers Meta-World/* ids)
+        import mujoco
+
+        self.close()
+        try:
+            self._env = gym.make(
+                "Meta-World/MT1", env_name=self.task, seed=int(seed), terminate_on_success=True,
+                max_episode_steps=self.max_steps,
+            )
+        except Exception as e:
+            raise SimulationError(f"cannot create MetaWorld task {self.task!r}: {e}") from None
+        raw, _ = self._env.reset(seed=int(seed))
+        u = self._env.unwrapped
+        self._renderer = mujoco.Renderer(u.model, self.camera.size, self.camera.size)
+        # Shadows and reflections take a CPU frame from ~100 ms to ~15 ms and carry no task information.
+        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self.steps = 0
+        return self._observe(raw), raw
+
+    def step(self, action: np.ndarray) -> tuple[dict, np.ndarray, bool, bool]:
+        """Apply an action (clipped to [-1, 1] as the env does); returns (obs, raw, success, done)."""
+        action = np.clip(np.asarray(action, dtype=np.float64).reshape(ACTION_DIM), -1.0, 1.0)
+        raw, _, terminated, truncated, info = self._env.step(action)
+        self.steps += 1
+        success = bool(info.get("success", 0.0))
+        done = bool(terminated or truncated or success or self.steps >= self.max_steps)
+        return self._observe(raw), raw, success, done
+
+    def render(self) -> np.ndarray:
+        u = self._env.unwrapped
+        self._renderer.update_scene(u.data, camera=self.camera.name)
+        img = self._renderer.render()
+        return np.ascontiguousarray(img[::-1] if self.camera.flip else img)
+
+    def _observe(self, raw: np.ndarray) -> dict:
+        return {
+            "images": {self.camera.name: self.render()},
+            "state": np.asarray(raw[:PROPRIO_DIM], dtype=np.float32),
+            "instruction": self.instruction,
+        }
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            try:
+                self._renderer.close()
+            except Exception:  # EGL teardown errors at exit are harmless
+                pass
+            self._renderer = None
+        if self._env is not None:
+            self._env.close()
+            self._env = None

@@ -1,0 +1,182 @@
+"""ReferenceVLA: the reference network plus tokenizer and normalisation, behind the adapter contract.
+
+Checkpoint layout (a directory):
+    config.json               ReferenceConfig (model_type "vla-compress-reference", format_version)
+    model.safetensors         all weights
+    tokenizer.json            the instruction tokenizer (byte-level BPE + 256 action tokens)
+    dataset_statistics.json   OpenVLA-style {dataset: {"action": {q01, q99, mask}, "proprio": {...}}}
+    training.json             optional: how it was trained (data, steps, seed, time, hardware)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import CheckpointError, ConfigError
+from ...fileio import load_safetensors, read_json, save_safetensors, write_json
+from ..base import ActionSpec, Normalizer, TokenCounts, VLAAdapter
+from ..tokenizer import InstructionTokenizer
+from .configuration_reference import PRESETS, BackboneConfig, ReferenceConfig, VisionConfig
+from .modeling_reference import ReferenceVLAModule
+from .processor_reference import ReferenceProcessor
+
+DEFAULT_INSTRUCTION = "pick up the object and place it at the goal"
+
+
+class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
+    family = "reference"
+    COMPONENTS = ("vision_encoder", "projector", "backbone", "action_head", "proprio_projector")
+
+    def __init__(self, cfg: ReferenceConfig, tokenizer: InstructionTokenizer, action_norm: Normalizer,
+                 state_norm: Normalizer, dataset_name: str = "metaworld_mt10", training: dict | None = None):
+        if tokenizer.vocab_size != cfg.backbone.vocab_size:
+            raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids, backbone.vocab_size is {cfg.backbone.vocab_size}")
+        super().__init__(cfg)
+        self.tokenizer = tokenizer
+        self.action_norm, self.state_norm = action_norm, state_norm
+        self.dataset_name = dataset_name
+        self.training_info = training or {}
+        self.processor = ReferenceProcessor(cfg, tokenizer, state_norm)
+
+    # --- contract ------------------------------------------------------------------------------
+    @property
+    def action_spec(self) -> ActionSpec:
+        c = self.cfg
+        if c.head == "tokens":
+            return ActionSpec(c.action_dim, c.chunk_size, "tokens", n_bins=c.n_bins, tokens_per_step=c.action_tokens)
+        return ActionSpec(c.action_dim, c.chunk_size, "regression")
+
+    def token_counts(self, instruction: str | None = None) -> TokenCounts:
+        text = 1 + len(self.processor.prompt_ids(instruction or DEFAULT_INSTRUCTION))  # BOS + prompt
+        return TokenCounts(visual=self.cfg.visual_tokens, text=text, proprio=1, action=self.cfg.action_tokens)
+
+    def preprocess(self, observations: list[dict]) -> dict:
+        return self.processor(observations)
+
+    def predict_chunk(self, inputs: dict) -> torch.Tensor:
+        return self.forward(inputs["pixel_values"], inputs["text_ids"], inputs["text_mask"], inputs["state"])
+
+    def unnormalize_actions(self, chunk: np.ndarray) -> np.ndarray:
+        return self.action_norm.unnormalize(chunk)
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_safetensors(self.state_dict(), path / "model.safetensors", metadata={"format": "pt"})
+        self.tokenizer.save(path / "tokenizer.json")
+        write_json(path / "dataset_statistics.json", {
+            self.dataset_name: {"action": self.action_norm.to_dict(), "proprio": self.state_norm.to_dict()}
+        })
+        if self.training_info:
+            write_json(path / "training.json", self.training_info)
+        # config last: a directory with config.json is a complete checkpoint
+        write_json(path / "config.json", self.cfg.to_dict())
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **_: Any) -> "ReferenceVLA":
+        path = Path(path)
+        if not path.is_dir():
+            raise CheckpointError(path, "checkpoint directory not found")
+        try:
+            cfg = ReferenceConfig.from_dict(read_json(path / "config.json"))
+        except ConfigError as e:
+            raise CheckpointError(path / "config.json", str(e)) from None
+        tokenizer = InstructionTokenizer.from_file(path / "tokenizer.json")
+        stats = read_json(path / "dataset_statistics.json")
+        if not isinstance(stats, dict) or len(stats) != 1:
+            raise CheckpointError(path / "dataset_statistics.json", "expected exactly one dataset entry")
+        (name, entry), = stats.items()
+        try:
+            action_norm, state_norm = Normalizer.from_dict(entry["action"]), Normalizer.from_dict(entry["proprio"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(path / "dataset_statistics.json", f"malformed statistics ({e})") from None
+        training = read_json(path / "training.json") if (path / "training.json").is_file() else None
+        try:
+            model = cls(cfg, tokenizer, action_norm, state_norm, dataset_name=name, training=training)
+        except ConfigError as e:
+            raise CheckpointError(path, str(e)) from None
+        state = load_safetensors(path / "model.safetensors")
+        if "visual_keep" in state:  # a token-pruned checkpoint: size the buffer before loading
+            model.visual_keep = torch.zeros_like(state["visual_keep"])
+        load_strict(model, state, path / "model.safetensors")
+        model.eval()
+        return model
+
+    @classmethod
+    def build(cls, cfg: ReferenceConfig, tokenizer: InstructionTokenizer | None = None, seed: int = 0,
+              action_norm: Normalizer | None = None, state_norm: Normalizer | None = None) -> "ReferenceVLA":
+        """A randomly initialised model (seeded) for training or latency work."""
+        tokenizer = tokenizer or default_tokenizer()
+        if cfg.backbone.vocab_size != tokenizer.vocab_size:
+            cfg = replace_backbone(cfg, vocab_size=tokenizer.vocab_size)
+        torch.manual_seed(seed)
+        an = action_norm or Normalizer(-np.ones(cfg.action_dim), np.ones(cfg.action_dim))
+        sn = state_norm or Normalizer(-np.ones(cfg.proprio_dim), np.ones(cfg.proprio_dim))
+        return cls(cfg, tokenizer, an, sn).eval()
+
+    @classmethod
+    def from_preset(cls, name: str, head: str | None = None, seed: int = 0) -> "ReferenceVLA":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+        cfg = PRESETS[name]
+        if head:
+            cfg = ReferenceConfig(**{**cfg.__dict__, "head": head})
+        return cls.build(cfg, seed=seed)
+
+    @classmethod
+    def tiny(cls, seed: int = 0, head: str = "regression", **overrides: Any) -> "ReferenceVLA":
+        cfg = ReferenceConfig(
+            vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
+            backbone=BackboneConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2),
+            head=head, chunk_size=2, preset="tiny", **overrides,
+        )
+        return cls.build(cfg, seed=seed)
+
+
+def replace_backbone(cfg: ReferenceConfig, **kw: Any) -> ReferenceConfig:
+    return ReferenceConfig(**{**cfg.__dict__, "backbone": BackboneConfig(**{**cfg.backbone.__dict__, **kw})})
+
+
+_DEFAULT_TOKENIZER: InstructionTokenizer | None = None
+
+
+def default_tokenizer() -> InstructionTokenizer:
+    """The tokenizer trained on every MetaWorld instruction (language-world's 50 descriptions)."""
+    global _DEFAULT_TOKENIZER
+    if _DEFAULT_TOKENIZER is None:
+        from .configuration_reference import PROMPT_TEMPLATE
+
+        try:
+            from language_world import TASK_DESCRIPTIONS
+
+            corpus = list(TASK_DESCRIPTIONS.values())
+        except ImportError:  # the simulator extra is not installed: a small built-in corpus
+            corpus = [DEFAULT_INSTRUCTION, "reach to the target location", "open the door", "push the button"]
+        texts = [PROMPT_TEMPLATE.format(instruction=t) for t in corpus]
+        _DEFAULT_TOKENIZER = InstructionTokenizer.train(texts, vocab_size=512)
+    return _DEFAULT_TOKENIZER
+
+
+def load_strict(model: torch.nn.Module, state: dict, source: Path) -> None:
+    """load_state_dict that names every missing, unexpected or misshapen tensor and the file."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    if unexpected:
+        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if shapes:
+        problems.append("wrong shapes " + "; ".join(shapes[:5]))
+    if problems:
+        raise CheckpointError(source, "does not match config.json: " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,143 @@
+"""Configuration of the reference family: a small Prismatic-style VLA.
+
+SigLIP-style ViT -> GELU MLP projector -> Llama backbone -> action head, where the head is
+either OFT-style parallel decoding with an L1 regression MLP ("regression") or OpenVLA-style
+autoregressive action tokens on the last 256 vocabulary ids ("tokens").
+
+Sizes: the backbone's hidden and MLP widths are multiples of 256 because llama.cpp's
+K-quants pack 256-element super-blocks per row (other widths fall back to Q5_0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ...errors import ConfigError
+
+FORMAT_VERSION = 1
+PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    image_size: int = 128
+    patch_size: int = 16
+    hidden_size: int = 192
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 3
+    camera: str = "corner"
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2  # grouped-query attention, as in Llama-2-70B/Llama-3: passes must respect it
+    vocab_size: int = 740
+    max_position: int = 512
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: str = "regression"  # "regression" (OFT-style L1 chunk) | "tokens" (OpenVLA-style)
+    action_dim: int = 4
+    chunk_size: int = 4
+    proprio_dim: int = 4
+    n_bins: int = 256
+    # 2 = merge each 2x2 block of patches into one token before the projector (pixel
+    # unshuffle, as SmolVLM does): 4x fewer visual tokens for the backbone.
+    token_merge: int = 1
+    # Visual tokens kept for the backbone after attention-guided pruning (0 = all);
+    # set by the token-reduction pass, kept static so exports have fixed shapes.
+    visual_token_budget: int = 0
+    prompt_template: str = PROMPT_TEMPLATE
+    preset: str = "custom"
+
+    def __post_init__(self) -> None:
+        if self.head not in ("regression", "tokens"):
+            raise ConfigError(f"head must be 'regression' or 'tokens', got {self.head!r}")
+        if self.vision.image_size % self.vision.patch_size:
+            raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
+        grid = self.vision.image_size // self.vision.patch_size
+        if self.token_merge < 1 or grid % self.token_merge:
+            raise ConfigError(f"token_merge={self.token_merge} must divide the {grid}x{grid} patch grid")
+        if self.backbone.num_heads % self.backbone.num_kv_heads:
+            raise ConfigError("backbone.num_heads must be a multiple of backbone.num_kv_heads")
+        if self.vision.hidden_size % self.vision.num_heads or self.backbone.hidden_size % self.backbone.num_heads:
+            raise ConfigError("hidden sizes must be divisible by their head counts")
+        if min(self.action_dim, self.chunk_size, self.proprio_dim) < 1:
+            raise ConfigError("action_dim, chunk_size and proprio_dim must be >= 1")
+
+    @property
+    def visual_tokens(self) -> int:
+        full = self.vision.num_patches // (self.token_merge**2)
+        return min(full, self.visual_token_budget) if self.visual_token_budget else full
+
+    @property
+    def action_tokens(self) -> int:
+        return self.chunk_size * self.action_dim if self.head == "tokens" else self.chunk_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model_type"] = "vla-compress-reference"
+        d["format_version"] = FORMAT_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ReferenceConfig":
+        d = dict(d)
+        if d.pop("model_type", "vla-compress-reference") != "vla-compress-reference":
+            raise ConfigError("config.json is not a vla-compress reference config (model_type mismatch)")
+        version = d.pop("format_version", FORMAT_VERSION)
+        if version > FORMAT_VERSION:
+            raise ConfigError(f"config format_version {version} is newer than this vla-compress ({FORMAT_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+        try:
+            vision = VisionConfig(**d.pop("vision", {}))
+            backbone = BackboneConfig(**d.pop("backbone", {}))
+        except TypeError as e:
+            raise ConfigError(f"bad vision/backbone section: {e}") from None
+        return cls(vision=vision, backbone=backbone, **d)
+
+
+# Size presets. Only reference-small is trained and shipped; the others are random-weight
+# models at realistic scale for latency and memory work.
+PRESETS: dict[str, ReferenceConfig] = {
+    # 128x128 corner camera, 16x16 patches (64 patches), 2x2 merge -> 16 visual tokens.
+    "reference-small": ReferenceConfig(token_merge=2, preset="reference-small"),
+    # ~100M: ViT 512-d x 8 layers (~25M) + Llama 768-d x 12 layers (~75M)
+    "reference-100m": ReferenceConfig(
+        vision=VisionConfig(image_size=224, patch_size=16, hidden_size=512, intermediate_size=2048, num_layers=8, num_heads=8),
+        backbone=BackboneConfig(hidden_size=768, intermediate_size=2048, num_layers=12, num_heads=12, num_kv_heads=4),
+        preset="reference-100m",
+    ),
+    # ~500M: ViT-B/16 at 224 (~86M) + Llama 1536-d x 16 layers (~400M)
+    "reference-500m": ReferenceConfig(
+        vision=VisionConfig(image_size=224, patch_size=16, hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12),
+        backbone=BackboneConfig(hidden_size=1536, intermediate_size=4096, num_layers=16, num_heads=12, num_kv_heads=4),
+        preset="reference-500m",
+    ),
+    # OpenVLA-7B's shape for counting FLOPs/bytes (built on the meta device, never allocated):
+    # SigLIP-so400m/14 at 224 (256 patches) + Llama-2-7B, 7 action tokens, one action per step.
+    # (OpenVLA also runs a DINOv2 ViT-L beside SigLIP; the openvla family models that exactly.)
+    "openvla-7b-shape": ReferenceConfig(
+        vision=VisionConfig(image_size=224, patch_size=14, hidden_size=1152, intermediate_size=4304, num_layers=27, num_heads=16),
+        backbone=BackboneConfig(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32, vocab_size=32064, max_position=2048),
+        head="tokens", action_dim=7, chunk_size=1, proprio_dim=7, preset="openvla-7b-shape",
+    ),
+}

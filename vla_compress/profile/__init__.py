@@ -1,0 +1,1 @@
+"""Latency/memory measurement, FLOP/byte counting and roofline estimates."""

@@ -1,0 +1,69 @@
+"""The Policy interface the evaluator and the profiler see, and its torch implementation.
+
+A policy step (`infer`) turns one observation into an action chunk; `act` serves actions from
+a queue and runs a new step only when the queue is empty (LeRobot's `select_action`
+semantics with `n_action_steps` = the chunk size unless told otherwise). Each inference
+records its wall time so closed-loop latency comes from the same runs as success.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+
+class Policy:
+    """Base class: subclasses implement `infer(observation) -> (K, A) actions in robot units`."""
+
+    name: str = "policy"
+    runtime: str = "unknown"
+
+    def __init__(self, execute_steps: int | None = None):
+        self.execute_steps = execute_steps
+        self._queue: deque[np.ndarray] = deque()
+        self.latencies_s: list[float] = []
+
+    def infer(self, observation: dict) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget queued actions (call at every episode start)."""
+        self._queue.clear()
+
+    def act(self, observation: dict) -> np.ndarray:
+        if not self._queue:
+            t0 = time.perf_counter()
+            chunk = np.asarray(self.infer(observation), dtype=np.float32)
+            self.latencies_s.append(time.perf_counter() - t0)
+            n = len(chunk) if self.execute_steps is None else min(self.execute_steps, len(chunk))
+            self._queue.extend(chunk[:n])
+        return self._queue.popleft()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "runtime": self.runtime}
+
+
+class TorchPolicy(Policy):
+    """Runs a VLA adapter in PyTorch on the CPU (or the GPU it was moved to)."""
+
+    runtime = "torch"
+
+    def __init__(self, vla, execute_steps: int | None = None, threads: int | None = None, name: str = "torch"):
+        super().__init__(execute_steps)
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        self.vla = vla.eval()
+        self.name = name
+
+    def infer(self, observation: dict) -> np.ndarray:
+        return self.vla.act(observation)
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(family=self.vla.family, action_spec=self.vla.action_spec.to_dict())
+        return d

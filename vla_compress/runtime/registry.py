@@ -1,0 +1,32 @@
+"""Runtime registry: PolicySpec.runtime -> a function that builds the Policy."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..errors import ConfigError
+
+_BUILDERS: dict[str, Callable] = {}
+
+
+def register_runtime(name: str):
+    def deco(fn: Callable) -> Callable:
+        _BUILDERS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_policy(spec):
+    if spec.runtime not in _BUILDERS:
+        raise ConfigError(f"unknown runtime {spec.runtime!r}; known: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[spec.runtime](spec)
+
+
+@register_runtime("torch")
+def _torch(spec):
+    from ..models import load_vla
+    from .policy import TorchPolicy
+
+    return TorchPolicy(load_vla(spec.path, allow_pickle=spec.options.get("allow_pickle", False)),
+                       execute_steps=spec.options.get("execute_steps"), name=spec.options.get("name", "torch"))

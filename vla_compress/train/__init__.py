@@ -1,0 +1,1 @@
+"""Behaviour-cloning training of the reference family on LeRobot-layout demonstrations."""

@@ -1,0 +1,190 @@
+"""Train `reference-small` by behaviour cloning, reproducibly (seeded), on CPU or GPU.
+
+Data: every frame of every demo is a sample; the target is the next K actions (the chunk),
+padded with the episode's last action. Images get a random shift (pad + random crop, as in
+DrQ): with ~50 demos per task a pixel policy overfits without it.
+
+Loss: L1 on normalised actions (regression head) or cross-entropy on the 256 action bins of
+every chunk token (tokens head).
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.lerobot import LeRobotDataset
+from ..models.base import Normalizer
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    head: str = "regression"
+    preset: str = "reference-small"
+    steps: int = 6000
+    batch_size: int = 64
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup: int = 200
+    shift_px: int = 6
+    seed: int = 0
+    threads: int = 2
+    val_episodes_per_task: int = 2
+    init_from: str = ""  # a checkpoint whose vision/projector/backbone weights start the run
+    # bf16 autocast: 1.6x faster steps on CPUs with AVX512-BF16 (measured here), fp32 master weights
+    amp: bool = True
+
+
+@dataclass
+class FrameData:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    states: np.ndarray  # (N, S) float32 (raw)
+    actions: np.ndarray  # (N, A) float32 (raw)
+    instructions: list[str]  # per frame
+    episode_end: np.ndarray  # (N,) index one past the frame's episode end
+    episode_of: np.ndarray  # (N,) episode index
+
+
+def load_frames(root: str | Path, camera: str, log: Callable[[str], None] = print) -> tuple[FrameData, list[dict]]:
+    ds = LeRobotDataset(root)
+    imgs, states, actions, instr, ends, eps, meta = [], [], [], [], [], [], []
+    n = 0
+    t0 = time.time()
+    for i, ep in enumerate(ds.iter_episodes()):
+        if camera not in ep.images:
+            raise ValueError(f"{root}: dataset has no camera {camera!r} (has {list(ep.images)})")
+        T = len(ep)
+        imgs.append(ep.images[camera]); states.append(ep.state); actions.append(ep.action)
+        instr += [ep.task] * T
+        ends.append(np.full(T, n + T)); eps.append(np.full(T, i))
+        meta.append({"index": i, "task": ep.task, **ep.extras})
+        n += T
+        if (i + 1) % 100 == 0:
+            log(f"decoded {i + 1}/{len(ds)} episodes ({time.time() - t0:.0f}s)")
+    return FrameData(np.concatenate(imgs), np.concatenate(states), np.concatenate(actions), instr,
+                     np.concatenate(ends), np.concatenate(eps)), meta
+
+
+def split_episodes(meta: list[dict], per_task: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out the last `per_task` episodes of every task for validation."""
+    by_task: dict[str, list[int]] = {}
+    for m in meta:
+        by_task.setdefault(m["task"], []).append(m["index"])
+    val = [i for ids in by_task.values() for i in ids[len(ids) - per_task:]] if per_task else []
+    train = sorted(set(m["index"] for m in meta) - set(val))
+    return np.asarray(train), np.asarray(sorted(val))
+
+
+def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(),
+          log: Callable[[str], None] = print) -> Path:
+    import torch
+    import torch.nn.functional as F
+
+    from ..models.reference import PRESETS, ReferenceConfig, ReferenceVLA
+    from ..models.reference.adapter import default_tokenizer
+
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.set_num_threads(cfg.threads)
+    mcfg = ReferenceConfig(**{**PRESETS[cfg.preset].__dict__, "head": cfg.head})
+    data, meta = load_frames(dataset, mcfg.vision.camera, log)
+    train_eps, val_eps = split_episodes(meta, cfg.val_episodes_per_task)
+    train_idx = np.nonzero(np.isin(data.episode_of, train_eps))[0]
+    val_idx = np.nonzero(np.isin(data.episode_of, val_eps))[0]
+    log(f"{len(data.actions)} frames, {len(train_eps)} train / {len(val_eps)} val episodes")
+
+    # OpenVLA BOUNDS_Q99 normalisation from the training frames only
+    tr_a, tr_s = data.actions[train_idx], data.states[train_idx]
+    action_norm = Normalizer(np.quantile(tr_a, 0.01, 0), np.quantile(tr_a, 0.99, 0))
+    state_norm = Normalizer(np.quantile(tr_s, 0.01, 0), np.quantile(tr_s, 0.99, 0))
+    norm_actions = action_norm.normalize(data.actions)
+
+    model = ReferenceVLA.build(mcfg, default_tokenizer(), seed=cfg.seed, action_norm=action_norm, state_norm=state_norm)
+    if cfg.init_from:
+        src = ReferenceVLA.from_pretrained(cfg.init_from).state_dict()
+        own = model.state_dict()
+        shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("action_head")}
+        model.load_state_dict(shared, strict=False)
+        log(f"initialised {len(shared)}/{len(own)} tensors from {cfg.init_from}")
+    model.train()
+    proc = model.processor
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device)
+    K = mcfg.chunk_size
+    prompt_cache = {t: proc.text([t]) for t in set(data.instructions)}
+
+    def batch(idx: np.ndarray, augment: bool):
+        offs = np.arange(K)[None, :] + idx[:, None]
+        offs = np.minimum(offs, data.episode_end[idx][:, None] - 1)  # pad with the last action
+        act = torch.from_numpy(norm_actions[offs])
+        imgs = proc.images(data.images[idx])
+        if augment and cfg.shift_px:
+            p = cfg.shift_px
+            padded = F.pad(imgs, (p, p, p, p), mode="replicate")
+            s = imgs.shape[-1]
+            ox, oy = np.random.randint(0, 2 * p + 1, size=(2, len(idx)))
+            imgs = torch.stack([padded[i, :, oy[i]:oy[i] + s, ox[i]:ox[i] + s] for i in range(len(idx))])
+        text_ids, text_mask = proc.text([data.instructions[i] for i in idx])
+        state = torch.from_numpy(state_norm.normalize(data.states[idx]))
+        return [t.to(device) for t in (imgs, text_ids, text_mask, state, act)]
+
+    def loss_fn(imgs, text_ids, text_mask, state, act):
+        if cfg.head == "regression":
+            pred = model.forward_regression(imgs, text_ids, text_mask, state)
+            return F.l1_loss(pred.float(), act)
+        bins = model.actions_to_bins(act)
+        ids = bins + (mcfg.backbone.vocab_size - mcfg.n_bins)
+        logits = model.forward_tokens_teacher(imgs, text_ids, text_mask, state, ids)
+        action_logits = logits[..., -mcfg.n_bins:]
+        return F.cross_entropy(action_logits.float().reshape(-1, mcfg.n_bins), bins.reshape(-1))
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    rng = np.random.default_rng(cfg.seed)
+    t0 = time.time()
+    history = []
+    for step in range(1, cfg.steps + 1):
+        idx = rng.choice(train_idx, size=cfg.batch_size, replace=False)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+            loss = loss_fn(*batch(idx, augment=True))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.steps:
+            val = evaluate_offline(model, batch, loss_fn, val_idx, cfg.batch_size)
+            el = time.time() - t0
+            history.append({"step": step, "train_loss": float(loss), "val_loss": val, "elapsed_s": round(el, 1)})
+            log(f"step {step}/{cfg.steps} loss {float(loss):.4f} val {val:.4f} {el / step:.2f}s/step eta {el / step * (cfg.steps - step) / 60:.1f} min")
+    model.eval().cpu()
+    model.training_info = {
+        "config": asdict(cfg), "dataset": str(dataset), "frames": int(len(data.actions)),
+        "train_episodes": int(len(train_eps)), "val_episodes": int(len(val_eps)),
+        "train_seconds": round(time.time() - t0, 1), "device": str(device),
+        "host": {"cpu": platform.processor() or platform.machine(), "threads": cfg.threads},
+        "history": history,
+    }
+    return model.save_pretrained(out)
+
+
+def evaluate_offline(model, batch, loss_fn, val_idx: np.ndarray, bs: int) -> float:
+    import torch
+
+    if len(val_idx) == 0:
+        return float("nan")
+    sel = val_idx[np.linspace(0, len(val_idx) - 1, min(len(val_idx), 4 * bs)).astype(int)]
+    model.eval()
+    with torch.no_grad():
+        losses = [float(loss_fn(*batch(sel[i:i + bs], augment=False))) for i in range(0, len(sel), bs)]
+    model.train()
+    return float(np.mean(losses))
