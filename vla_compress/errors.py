@@ -41,3 +41,19 @@ class ConfigError(VLACompressError):
 
 class SimulationError(VLACompressError):
     """The simulator could not be created or rendered (missing GL backend, unknown task)."""
+
+
+class HardwareError(ConfigError):
+    """A hardware profile (hardware/*.yaml) or its calibration file is missing or invalid.
+
+    The message names the file, the line where YAML gives one, and the key path inside the file
+    (`power_modes.MAXN.peak_tflops.fp16`), so the fix is one edit away.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str, key: str = "", line: int | None = None):
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        self.line = line
+        self.problem = problem
+        where = "" if self.path is None else f"{self.path}{f':{line}' if line else ''}: "
+        super().__init__(f"{where}{f'{key}: ' if key else ''}{problem}")

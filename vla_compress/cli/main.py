@@ -176,5 +176,9 @@ def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size:
     click.echo(f"wrote {path}")
 
 
+from .hardware_cmd import hardware  # noqa: E402
+main.add_command(hardware)
+
+
 if __name__ == "__main__":
     main()
