@@ -39,6 +39,10 @@ class ConfigError(VLACompressError):
     """A user-supplied configuration (recipe, pass config, hardware file) is invalid."""
 
 
+class ObservationError(VLACompressError):
+    """An observation does not match what the model expects (camera, image shape, state size)."""
+
+
 class SimulationError(VLACompressError):
     """The simulator could not be created or rendered (missing GL backend, unknown task)."""
 

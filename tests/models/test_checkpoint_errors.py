@@ -13,7 +13,7 @@ from vla_compress.errors import CheckpointError, VLACompressError
 from vla_compress.fileio import load_safetensors, save_safetensors
 from vla_compress.models import load_vla
 from vla_compress.models.reference import ReferenceVLA
-from vla_compress.models.reference.processor_reference import ObservationError
+from vla_compress.errors import ObservationError
 
 
 @pytest.fixture

@@ -24,6 +24,15 @@ def _load_reference(path: Path, **kw: Any):
 register_family("reference", lambda c: c.get("model_type") == "vla-compress-reference", _load_reference)
 
 
+def _load_openvla(path: Path, **kw: Any):
+    from .openvla import load_openvla
+
+    return load_openvla(path, **kw)  # OpenVLA-OFT when the directory holds action_head--*.pt
+
+
+register_family("openvla", lambda c: c.get("model_type") == "openvla", _load_openvla)
+
+
 def detect_family(path: str | Path) -> str:
     from ..fileio import read_json
 

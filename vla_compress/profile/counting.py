@@ -28,6 +28,8 @@ class StepCount:
 
 
 def dummy_observation(vla, instruction: str | None = None) -> dict:
+    if hasattr(vla, "dummy_observation"):  # families that know their own cameras and state size
+        return vla.dummy_observation(instruction)
     cfg = vla.cfg
     s = cfg.vision.image_size
     from ..models.reference.adapter import DEFAULT_INSTRUCTION

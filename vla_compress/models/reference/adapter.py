@@ -37,10 +37,19 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
             raise ConfigError(f"tokenizer has {tokenizer.vocab_size} ids, backbone.vocab_size is {cfg.backbone.vocab_size}")
         super().__init__(cfg)
         self.tokenizer = tokenizer
-        self.action_norm, self.state_norm = action_norm, state_norm
+        self.action_norm = action_norm
         self.dataset_name = dataset_name
         self.training_info = training or {}
         self.processor = ReferenceProcessor(cfg, tokenizer, state_norm)
+
+    @property
+    def state_norm(self) -> Normalizer:
+        # one copy, owned by the processor that applies it
+        return self.processor.state_norm
+
+    @state_norm.setter
+    def state_norm(self, value: Normalizer) -> None:
+        self.processor.state_norm = value
 
     # --- contract ------------------------------------------------------------------------------
     @property

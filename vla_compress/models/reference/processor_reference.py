@@ -11,14 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...errors import VLACompressError
+from ...errors import ObservationError
 from ..base import Normalizer
 from ..tokenizer import InstructionTokenizer
 from .configuration_reference import ReferenceConfig
-
-
-class ObservationError(VLACompressError):
-    """An observation does not match what the model expects (camera, shape, state size)."""
 
 
 class ReferenceProcessor:
