@@ -43,6 +43,10 @@ class ObservationError(VLACompressError):
     """An observation does not match what the model expects (camera, image shape, state size)."""
 
 
+class ExportError(VLACompressError):
+    """An export or a parity validation could not be carried out (names the artifact or file)."""
+
+
 class SimulationError(VLACompressError):
     """The simulator could not be created or rendered (missing GL backend, unknown task)."""
 

@@ -167,11 +167,14 @@ HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--init-from", default="", help="Start vision/projector/backbone from this checkpoint.")
-def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int, init_from: str) -> None:
+@click.option("--save-every", default=0, show_default=True, help="Also save snapshots every N steps.")
+def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int,
+                    init_from: str, save_every: int) -> None:
     """Train reference-small by behaviour cloning (seeded, reproducible; CPU or GPU)."""
     from ..train.bc import TrainConfig, train
 
-    cfg = TrainConfig(head=head, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, init_from=init_from)
+    cfg = TrainConfig(head=head, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, init_from=init_from,
+                      save_every=save_every)
     path = train(dataset, out, cfg, log=lambda m: click.echo(m))
     click.echo(f"wrote {path}")
 

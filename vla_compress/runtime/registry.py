@@ -30,3 +30,13 @@ def _torch(spec):
 
     return TorchPolicy(load_vla(spec.path, allow_pickle=spec.options.get("allow_pickle", False)),
                        execute_steps=spec.options.get("execute_steps"), name=spec.options.get("name", "torch"))
+
+
+@register_runtime("onnx")
+def _onnx(spec):
+    from .onnxruntime_policy import OnnxRuntimePolicy
+
+    o = spec.options
+    return OnnxRuntimePolicy(spec.path, threads=o.get("threads", 1), providers=o.get("providers"),
+                             execute_steps=o.get("execute_steps"), allow_failed=o.get("allow_failed", False),
+                             verify=o.get("verify", False), name=o.get("name", "onnx"))

@@ -1,0 +1,167 @@
+"""ONNX Runtime policy: runs an exported ONNX artifact directory, nothing else needed.
+
+The artifact holds the graph(s), the manifest (`artifact.json`, which says how to drive them)
+and the checkpoint's processor pieces (config.json, tokenizer.json, dataset_statistics.json),
+so preprocessing and un-normalisation are the checkpoint's own and no torch model is built.
+
+Options (PolicySpec("onnx", artifact_dir, options)):
+  threads        intra-op threads per session (default 1: evaluation workers share the cores)
+  providers      ORT execution providers in order of preference; default: CUDA when this
+                 onnxruntime has it, then CPU (TensorRT only when asked: its engine build is slow)
+  execute_steps  actions executed per chunk (default: the whole chunk)
+  allow_failed   load an artifact whose validation failed (default: refuse)
+  verify         re-hash every file against the manifest before loading (default: false)
+  name           label in results
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError
+from .policy import Policy
+
+
+def session_options(threads: int = 1):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.log_severity_level = 3
+    return so
+
+
+def choose_providers(requested: list[str] | None = None) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ConfigError(f"ONNX Runtime providers {missing} are not available here; available: {available}")
+        return list(requested)
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class OnnxGraphs:
+    """The artifact's ONNX sessions and the loop that turns preprocessed inputs into actions.
+
+    `predict(feeds)` returns {"actions": (B, K, A) normalised, and for a tokens head "bins"
+    (B, N) and "bin_logits" (B, N, n_bins)}; `force_bins` teacher-forces the decode loop
+    (used by validation). `last_timing` holds seconds per component of the last call.
+    """
+
+    def __init__(self, artifact, threads: int = 1, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        self.artifact = artifact
+        self.meta = artifact.manifest["model"]
+        self.providers = choose_providers(providers)
+        so = session_options(threads)
+        self.sessions = {name: ort.InferenceSession(str(artifact.file(g["file"])), so, providers=self.providers)
+                         for name, g in artifact.manifest["graphs"].items()}
+        self.last_timing: dict[str, float] = {}
+        self.decode_feeds: list[dict] | None = None  # set to a list to record decode inputs (calibration)
+
+    @property
+    def head(self) -> str:
+        return self.meta["head"]
+
+    def predict(self, feeds: dict[str, np.ndarray], force_bins: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if self.head == "regression":
+            return self._regression(feeds)
+        if self.head == "tokens":
+            return self._tokens(feeds, force_bins)
+        raise ConfigError(f"{self.artifact.path}: the ONNX runtime cannot drive a {self.head!r} head")
+
+    def _inputs(self, session, feeds: dict) -> dict:
+        return {i.name: feeds[i.name] for i in session.get_inputs()}
+
+    def _regression(self, feeds: dict) -> dict:
+        s = self.sessions["policy_step"]
+        t0 = time.perf_counter()
+        (actions,) = s.run(["actions"], self._inputs(s, feeds))
+        self.last_timing = {"policy_step_s": time.perf_counter() - t0}
+        return {"actions": actions}
+
+    def _tokens(self, feeds: dict, force_bins: np.ndarray | None) -> dict:
+        from ..export.family import bins_to_actions
+
+        m = self.meta
+        prefill, decode = self.sessions["prefill"], self.sessions["decode"]
+        n_layers, n, start = m["num_layers"], m["action_tokens"], m["action_token_start"]
+        present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in ("key", "value")]
+        t0 = time.perf_counter()
+        logits, mask, *kv = prefill.run(["bin_logits", "attention_mask", *present], self._inputs(prefill, feeds))
+        t1 = time.perf_counter()
+        mask = mask.astype(np.int64)
+        pos = mask.sum(-1, keepdims=True) - 1
+        bins, all_logits = [], []
+        for i in range(n):
+            all_logits.append(logits)
+            greedy = logits.argmax(-1)
+            bins.append(greedy)
+            if i == n - 1:
+                break
+            nxt = greedy if force_bins is None else force_bins[:, i]
+            mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+            pos = pos + 1
+            step = {"token_ids": (nxt + start).astype(np.int64)[:, None], "attention_mask": mask, "position_ids": pos}
+            step.update({f"past_key_values.{j // 2}.{('key', 'value')[j % 2]}": t for j, t in enumerate(kv)})
+            if self.decode_feeds is not None:
+                self.decode_feeds.append(step)
+            logits, *kv = decode.run(["bin_logits", *present], step)
+        t2 = time.perf_counter()
+        self.last_timing = {"prefill_s": t1 - t0, "decode_s": t2 - t1, "decode_steps": n - 1}
+        bins_arr = np.stack(bins, axis=1)
+        return {"actions": bins_to_actions(bins_arr, m), "bins": bins_arr, "bin_logits": np.stack(all_logits, axis=1)}
+
+
+class OnnxRuntimePolicy(Policy):
+    """Policy over an ONNX artifact directory (see the module docstring for options)."""
+
+    runtime = "onnx"
+
+    def __init__(self, artifact_dir: str | Path, threads: int = 1, providers: list[str] | None = None,
+                 execute_steps: int | None = None, allow_failed: bool = False, verify: bool = False,
+                 name: str = "onnx"):
+        super().__init__(execute_steps)
+        from ..export.artifact import Artifact
+        from ..export.family import get_export_family
+
+        art = Artifact.load(artifact_dir)
+        if art.format != "onnx":
+            raise ConfigError(f"{art.path}: artifact format is {art.format!r}, the 'onnx' runtime needs an ONNX artifact")
+        art.require_usable(allow_failed)
+        if verify:
+            art.verify_files()
+        self.artifact, self.name = art, name
+        self.processor = get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
+        self.graphs = OnnxGraphs(art, threads=threads, providers=providers)
+        self.component_latencies_s: dict[str, list[float]] = {}
+
+    def infer(self, observation: dict) -> np.ndarray:
+        t0 = time.perf_counter()
+        feeds = self.processor([observation])
+        t1 = time.perf_counter()
+        out = self.graphs.predict(feeds)
+        t2 = time.perf_counter()
+        chunk = self.processor.unnormalize(out["actions"][0])
+        timing = {"preprocess_s": t1 - t0, **self.graphs.last_timing, "postprocess_s": time.perf_counter() - t2}
+        for k, v in timing.items():
+            if k.endswith("_s"):
+                self.component_latencies_s.setdefault(k[:-2], []).append(v)
+        return chunk
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        m = self.artifact.manifest
+        d.update(family=m["model"]["family"], head=m["model"]["head"], precision=m["precision"],
+                 status=m["status"], artifact=str(self.artifact.path), providers=self.graphs.providers)
+        return d
