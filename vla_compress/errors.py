@@ -39,6 +39,12 @@ class ConfigError(VLACompressError):
     """A user-supplied configuration (recipe, pass config, hardware file) is invalid."""
 
 
+class PassError(ConfigError):
+    """A compression pass cannot run as configured: a bad pass config (names the pass and the key),
+    a `where:` scope naming an unknown component or a pattern that matches nothing, a missing
+    calibration set or teacher, or a model family the pass does not support."""
+
+
 class ObservationError(VLACompressError):
     """An observation does not match what the model expects (camera, image shape, state size)."""
 

@@ -182,6 +182,9 @@ def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size:
 from .hardware_cmd import hardware  # noqa: E402
 main.add_command(hardware)
 
+from .profile_cmd import profile  # noqa: E402
+main.add_command(profile)
+
 
 if __name__ == "__main__":
     main()

@@ -50,6 +50,20 @@ def param_bytes(module, read_only: bool = False) -> int:
         sum(b.numel() * b.element_size() for b in module.buffers())
 
 
+def _extra_flop_formulas() -> dict:
+    """FLOP formulas torch's FlopCounterMode lacks: its registry has no entry for the CPU flash
+    attention kernel, so on the CPU (not on the meta device, where SDPA decomposes into bmm)
+    attention counted 0 FLOPs."""
+    import torch
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    op = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    return {op: cpu_sdpa} if op is not None else {}
+
+
 def count_policy_step(vla, observation: dict | None = None) -> StepCount:
     """Count one `predict_chunk` call on `observation` (a dummy one by default)."""
     import torch
@@ -60,7 +74,7 @@ def count_policy_step(vla, observation: dict | None = None) -> StepCount:
     device = next(vla.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     comps = vla.components()
-    counter = FlopCounterMode(display=False, depth=None)
+    counter = FlopCounterMode(display=False, depth=None, custom_mapping=_extra_flop_formulas())
     calls = {name: 0 for name in comps}
     flops = {name: 0 for name in comps}
     open_at: dict[str, int] = {}

@@ -36,7 +36,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     val_episodes_per_task: int = 2
-    init_from: str = ""  # a checkpoint whose vision/projector/backbone weights start the run
+    init_from: str = ""  # a checkpoint whose matching weights start the run (continue, or switch heads)
     # bf16 autocast: 1.6x faster steps on CPUs with AVX512-BF16 (measured here), fp32 master weights
     amp: bool = True
     save_every: int = 0  # also save snapshots to <out>-snapshots/step-N every this many steps (0 = off)
@@ -110,7 +110,9 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
     if cfg.init_from:
         src = ReferenceVLA.from_pretrained(cfg.init_from).state_dict()
         own = model.state_dict()
-        shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("action_head")}
+        # every tensor whose name and shape match: the whole model when continuing a run, the
+        # vision encoder/projector/backbone when switching heads (the heads share no names)
+        shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
         model.load_state_dict(shared, strict=False)
         log(f"initialised {len(shared)}/{len(own)} tensors from {cfg.init_from}")
     model.train()

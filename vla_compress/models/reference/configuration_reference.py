@@ -28,10 +28,29 @@ class VisionConfig:
     num_layers: int = 4
     num_heads: int = 3
     camera: str = "corner"
+    # Set by structured pruning (vla_compress.passes.prune): the width of one head once heads
+    # were removed (0 = hidden_size // num_heads), and each layer's size when layers were pruned
+    # unevenly (empty = every layer has num_heads / intermediate_size).
+    head_dim: int = 0
+    layer_num_heads: tuple[int, ...] = ()
+    layer_intermediate_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuples(self, "layer_num_heads", "layer_intermediate_sizes")
 
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def layer_heads(self, i: int) -> int:
+        return self.layer_num_heads[i] if self.layer_num_heads else self.num_heads
+
+    def layer_intermediate(self, i: int) -> int:
+        return self.layer_intermediate_sizes[i] if self.layer_intermediate_sizes else self.intermediate_size
 
 
 @dataclass(frozen=True)
@@ -45,6 +64,40 @@ class BackboneConfig:
     max_position: int = 512
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
+    # Set by structured pruning, as for VisionConfig (layer_num_kv_heads: KV heads per layer).
+    head_dim: int = 0
+    layer_num_heads: tuple[int, ...] = ()
+    layer_num_kv_heads: tuple[int, ...] = ()
+    layer_intermediate_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _tuples(self, "layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes")
+
+    @property
+    def attention_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+    def layer_heads(self, i: int) -> int:
+        return self.layer_num_heads[i] if self.layer_num_heads else self.num_heads
+
+    def layer_kv_heads(self, i: int) -> int:
+        return self.layer_num_kv_heads[i] if self.layer_num_kv_heads else self.num_kv_heads
+
+    def layer_intermediate(self, i: int) -> int:
+        return self.layer_intermediate_sizes[i] if self.layer_intermediate_sizes else self.intermediate_size
+
+
+def _tuples(cfg: Any, *names: str) -> None:
+    """JSON gives lists; keep tuples so configs compare equal after a round trip."""
+    for n in names:
+        object.__setattr__(cfg, n, tuple(getattr(cfg, n)))
+
+
+def _check_layers(prefix: str, cfg: Any, names: tuple[str, ...]) -> None:
+    for n in names:
+        values = getattr(cfg, n)
+        if values and (len(values) != cfg.num_layers or min(values) < 1):
+            raise ConfigError(f"{prefix}.{n} must list num_layers={cfg.num_layers} sizes >= 1, got {list(values)}")
 
 
 @dataclass(frozen=True)
@@ -75,8 +128,16 @@ class ReferenceConfig:
             raise ConfigError(f"token_merge={self.token_merge} must divide the {grid}x{grid} patch grid")
         if self.backbone.num_heads % self.backbone.num_kv_heads:
             raise ConfigError("backbone.num_heads must be a multiple of backbone.num_kv_heads")
-        if self.vision.hidden_size % self.vision.num_heads or self.backbone.hidden_size % self.backbone.num_heads:
+        if (not self.vision.head_dim and self.vision.hidden_size % self.vision.num_heads) or \
+                (not self.backbone.head_dim and self.backbone.hidden_size % self.backbone.num_heads):
             raise ConfigError("hidden sizes must be divisible by their head counts")
+        if self.vision.head_dim and self.vision.hidden_size % self.vision.head_dim:
+            raise ConfigError("vision.hidden_size must be a multiple of vision.head_dim")
+        _check_layers("vision", self.vision, ("layer_num_heads", "layer_intermediate_sizes"))
+        _check_layers("backbone", self.backbone, ("layer_num_heads", "layer_num_kv_heads", "layer_intermediate_sizes"))
+        b = self.backbone
+        if any(b.layer_heads(i) % b.layer_kv_heads(i) for i in range(b.num_layers)):
+            raise ConfigError("each backbone layer's head count must be a multiple of its num_kv_heads")
         if min(self.action_dim, self.chunk_size, self.proprio_dim) < 1:
             raise ConfigError("action_dim, chunk_size and proprio_dim must be >= 1")
 

@@ -25,8 +25,9 @@ def siglip_config(cfg: ReferenceConfig):
     v = cfg.vision
     c = SiglipVisionConfig(
         hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_hidden_layers=v.num_layers,
-        num_attention_heads=v.num_heads, num_channels=3, image_size=v.image_size, patch_size=v.patch_size,
-        vision_use_head=False,
+        # heads of the recorded width (pruned layers get their own head count in apply_layer_sizes)
+        num_attention_heads=v.hidden_size // v.attention_head_dim, num_channels=3, image_size=v.image_size,
+        patch_size=v.patch_size, vision_use_head=False,
     )
     c._attn_implementation = "sdpa"
     return c
@@ -40,10 +41,44 @@ def llama_config(cfg: ReferenceConfig):
         vocab_size=b.vocab_size, hidden_size=b.hidden_size, intermediate_size=b.intermediate_size,
         num_hidden_layers=b.num_layers, num_attention_heads=b.num_heads, num_key_value_heads=b.num_kv_heads,
         max_position_embeddings=b.max_position, rope_theta=b.rope_theta, rms_norm_eps=b.rms_norm_eps,
-        tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        head_dim=b.attention_head_dim, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2,
     )
     c._attn_implementation = "sdpa"
     return c
+
+
+def apply_layer_sizes(vision: nn.Module, backbone: nn.Module, cfg: ReferenceConfig) -> None:
+    """Give each layer the head count and MLP width the config records for it.
+
+    Structured pruning (vla_compress.passes.prune) leaves heads of the original width and layers
+    of different sizes; HF builds every layer alike, so layers whose size differs get projections
+    of the right shape here (the weights are loaded afterwards). A no-op for unpruned configs.
+    """
+    v, b = cfg.vision, cfg.backbone
+    hd = v.attention_head_dim
+    for i, layer in enumerate(vision.encoder.layers):
+        attn, mlp, heads, inter = layer.self_attn, layer.mlp, v.layer_heads(i), v.layer_intermediate(i)
+        if attn.q_proj.out_features != heads * hd:
+            for name in ("q_proj", "k_proj", "v_proj"):
+                setattr(attn, name, nn.Linear(v.hidden_size, heads * hd))
+            attn.out_proj = nn.Linear(heads * hd, v.hidden_size)
+        attn.num_heads = heads
+        if mlp.fc1.out_features != inter:
+            mlp.fc1, mlp.fc2 = nn.Linear(v.hidden_size, inter), nn.Linear(inter, v.hidden_size)
+    hd = b.attention_head_dim
+    for i, layer in enumerate(backbone.layers):
+        attn, mlp = layer.self_attn, layer.mlp
+        heads, kv, inter = b.layer_heads(i), b.layer_kv_heads(i), b.layer_intermediate(i)
+        if attn.q_proj.out_features != heads * hd or attn.k_proj.out_features != kv * hd:
+            attn.q_proj = nn.Linear(b.hidden_size, heads * hd, bias=False)
+            attn.k_proj = nn.Linear(b.hidden_size, kv * hd, bias=False)
+            attn.v_proj = nn.Linear(b.hidden_size, kv * hd, bias=False)
+            attn.o_proj = nn.Linear(heads * hd, b.hidden_size, bias=False)
+        attn.num_key_value_groups = heads // kv  # repeat_kv factor used by the attention kernels
+        if mlp.gate_proj.out_features != inter:
+            mlp.gate_proj = nn.Linear(b.hidden_size, inter, bias=False)
+            mlp.up_proj = nn.Linear(b.hidden_size, inter, bias=False)
+            mlp.down_proj = nn.Linear(inter, b.hidden_size, bias=False)
 
 
 class Projector(nn.Module):
@@ -105,6 +140,7 @@ class ReferenceVLAModule(nn.Module):
         grid = cfg.vision.image_size // cfg.vision.patch_size
         self.projector = Projector(cfg.vision.hidden_size, cfg.backbone.hidden_size, grid, cfg.token_merge)
         self.backbone = LlamaModel(llama_config(cfg))
+        apply_layer_sizes(self.vision_encoder, self.backbone, cfg)
         self.proprio_projector = ProprioProjector(cfg.proprio_dim, cfg.backbone.hidden_size)
         if cfg.head == "regression":
             self.action_head: nn.Module = L1RegressionHead(cfg.backbone.hidden_size, cfg.action_dim, cfg.chunk_size)

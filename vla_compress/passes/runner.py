@@ -1,0 +1,68 @@
+"""Compose passes in order and keep a compression log on the model.
+
+`vla.compression_log` is a list with one dict per applied pass:
+    {"pass", "config", "before": {...}, "after": {...}, "wall_s", "details"}
+where before/after hold count_policy_step's params / flops / weight_bytes plus the logical
+parameter count (quantized weights count as their element count) and the state-dict bytes, and
+details is whatever the pass recorded (layers dropped, heads kept, bits per layer, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from .base import PassConfig, PassContext
+from .registry import config_from_dict, get_pass
+
+
+def measure(vla: Any) -> dict:
+    from ..profile.counting import count_policy_step
+
+    c = count_policy_step(vla)
+    sd = vla.state_dict()
+    quant = [m for m in vla.modules() if getattr(m, "is_quantized", False)]
+    logical = c.params + sum(m.in_features * m.out_features for m in quant)
+    return {"params": c.params, "params_logical": int(logical), "flops": c.flops, "weight_bytes": c.weight_bytes,
+            "state_dict_bytes": int(sum(t.numel() * t.element_size() for t in sd.values())),
+            "visual_tokens": vla.token_counts().visual,
+            "per_component": {k: {"params": v["params"], "param_bytes": v["param_bytes"], "flops": v["flops"]}
+                              for k, v in c.per_component.items()}}
+
+
+def apply_pass(vla: Any, config: PassConfig | dict, context: PassContext | None = None) -> Any:
+    """Apply one pass (see apply_passes)."""
+    return apply_passes(vla, [config], context)
+
+
+def apply_passes(vla: Any, configs: Sequence[PassConfig | dict], context: PassContext | None = None,
+                 measure_counts: bool = True) -> Any:
+    """Apply passes in order, in place, recording each in `vla.compression_log`. Configs may be
+    dataclasses or their dict form. Every config is validated before the first pass runs."""
+    import torch
+
+    context = context or PassContext()
+    configs = [config_from_dict(c) if isinstance(c, dict) else c for c in configs]
+    specs = [get_pass(c.name) for c in configs]
+    for spec, cfg in zip(specs, configs):
+        spec.check_family(vla)
+        context.require(cfg)
+    if not hasattr(vla, "compression_log"):
+        vla.compression_log = []
+    for spec, cfg in zip(specs, configs):
+        torch.manual_seed(context.seed)
+        before = measure(vla) if measure_counts else {}
+        context.notes = {}
+        t0 = time.perf_counter()
+        vla = spec.apply(vla, cfg, context)
+        wall = time.perf_counter() - t0
+        vla.eval()
+        vla.compression_log.append({"pass": cfg.name, "config": cfg.to_dict(), "before": before,
+                                    "after": measure(vla) if measure_counts else {}, "wall_s": round(wall, 4),
+                                    "details": dict(context.notes)})
+    return vla
+
+
+def quantize_(vla: Any, config: PassConfig | dict, context: PassContext | None = None) -> Any:
+    """torchao-style verb: `quantize_(vla, Int4WeightOnlyConfig(group_size=64, where="backbone"))`."""
+    return apply_passes(vla, [config], context)

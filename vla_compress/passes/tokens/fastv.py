@@ -1,0 +1,73 @@
+"""visual-token-prune: a static set of visual tokens chosen by attention (FastV-style ranking).
+
+FastV (Chen et al. 2024) observes that after the first couple of layers most visual tokens get
+little attention, and drops the least-attended ones at layer K for each input. Here the ranking is
+FastV's -- mean attention from the non-visual positions (prompt, proprio, action queries, and each
+decoded action token) to each visual token at backbone layer K -- but aggregated over the
+calibration set into ONE keep set, applied from the backbone's input (the model's `visual_keep`
+index_select after the projector). Static shapes: exports and KV caches keep fixed sizes, and the
+keep set is part of the checkpoint.
+
+Not done (future work): the dynamic per-observation variant (rank per input at layer K, keep the
+first K layers at full length) -- it needs a backbone that changes sequence length mid-stack, which
+the HF Llama forward and the static-shape exports do not support.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from ...errors import PassError
+from ..base import PassContext
+from ..calibration import run
+from .config import VisualTokenPruneConfig
+
+
+def prune_visual_tokens(vla: Any, config: VisualTokenPruneConfig, context: PassContext) -> Any:
+    import torch
+
+    cfg = vla.cfg
+    if config.layer >= len(vla.backbone.layers):
+        raise config.error("layer", f"the backbone has {len(vla.backbone.layers)} layers; layer must be below that")
+    attn = vla.backbone.layers[config.layer].self_attn
+    old_keep = vla.visual_keep
+    vla.visual_keep = torch.zeros(0, dtype=torch.long, device=old_keep.device)  # rank every token
+    hf = vla.backbone.config
+    old_impl = hf._attn_implementation
+    state: dict[str, Any] = {"score": None, "rows": 0, "n_vis": None}
+
+    def hook(module, args, output):
+        w = output[1]  # (B, heads, q, k): eager attention returns the probabilities
+        n_vis = state["n_vis"]
+        q, k = w.shape[-2], w.shape[-1]
+        rows = w[..., 1 + n_vis:, :] if q == k else w  # prefill: non-visual rows; decode: the new token
+        s = rows[..., 1:1 + n_vis].float().mean(1).sum((0, 1))  # mean over heads, sum over rows
+        state["score"] = s if state["score"] is None else state["score"] + s
+        state["rows"] += rows.shape[0] * rows.shape[-2]
+
+    try:
+        first = next(iter(context.calibration))
+        with torch.no_grad():
+            state["n_vis"] = vla.visual_tokens(first["pixel_values"]).shape[1]
+        hf._attn_implementation = "eager"  # sdpa does not return attention probabilities
+        run(vla, context.calibration, {attn: hook}, pre=False)
+    finally:
+        hf._attn_implementation = old_impl
+        vla.visual_keep = old_keep
+    full = state["n_vis"]
+    budget = config.budget or max(1, round(full * config.keep_ratio))
+    if budget > full:
+        raise config.error("budget", f"{budget} is more than the {full} visual tokens the model produces")
+    if state["score"] is None:
+        raise PassError(f"pass {config.name!r}: backbone layer {config.layer} never ran on the calibration data")
+    score = state["score"] / max(state["rows"], 1)
+    keep = torch.sort(torch.topk(score, budget).indices).values
+    vla.visual_keep = keep.to(old_keep.device)
+    new_cfg = replace(cfg, visual_token_budget=budget)
+    vla.cfg = new_cfg
+    vla.processor.cfg = new_cfg
+    context.notes.update({"visual_tokens_before": full, "visual_tokens_after": budget, "layer": config.layer,
+                          "kept": keep.tolist(),
+                          "attention_mass_kept": round(float(score[keep].sum() / score.sum()), 4)})
+    return vla
