@@ -52,6 +52,11 @@ class ObservationError(VLACompressError):
 class ExportError(VLACompressError):
     """An export or a parity validation could not be carried out (names the artifact or file)."""
 
+    def __init__(self, path: str | Path, problem: str):
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
 
 class SimulationError(VLACompressError):
     """The simulator could not be created or rendered (missing GL backend, unknown task)."""
