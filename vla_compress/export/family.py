@@ -16,8 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import CheckpointError, ConfigError
-from ..fileio import read_json, write_json
+from ..errors import ConfigError
 
 
 class ArtifactProcessor:
@@ -63,25 +62,10 @@ class ReferenceArtifactProcessor(ArtifactProcessor):
     dataset_statistics.json alone (torch is imported for resizing, no model is built)."""
 
     def __init__(self, root: Path):
-        from ..models.base import Normalizer
-        from ..models.reference.configuration_reference import ReferenceConfig
+        from ..models.reference.adapter import read_processor_files
         from ..models.reference.processor_reference import ReferenceProcessor
-        from ..models.tokenizer import InstructionTokenizer
 
-        try:
-            self.cfg = ReferenceConfig.from_dict(read_json(root / "config.json"))
-        except ConfigError as e:
-            raise CheckpointError(root / "config.json", str(e)) from None
-        tokenizer = InstructionTokenizer.from_file(root / "tokenizer.json")
-        stats = read_json(root / "dataset_statistics.json")
-        if not isinstance(stats, dict) or len(stats) != 1:
-            raise CheckpointError(root / "dataset_statistics.json", "expected exactly one dataset entry")
-        (entry,) = stats.values()
-        try:
-            self.action_norm = Normalizer.from_dict(entry["action"])
-            state_norm = Normalizer.from_dict(entry["proprio"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(root / "dataset_statistics.json", f"malformed statistics ({e})") from None
+        self.cfg, tokenizer, self.action_norm, state_norm, _ = read_processor_files(root)
         self.processor = ReferenceProcessor(self.cfg, tokenizer, state_norm)
 
     def __call__(self, observations: list[dict]) -> dict[str, np.ndarray]:
@@ -94,11 +78,9 @@ class ReferenceArtifactProcessor(ArtifactProcessor):
 def _reference_save_processor(vla: Any, root: Path) -> list[str]:
     # Written from the in-memory model, not copied from its source checkpoint: a compression
     # pass may have changed the config (e.g. visual_token_budget) since the checkpoint was read.
-    vla.tokenizer.save(root / "tokenizer.json")
-    write_json(root / "dataset_statistics.json",
-               {vla.dataset_name: {"action": vla.action_norm.to_dict(), "proprio": vla.state_norm.to_dict()}})
-    write_json(root / "config.json", vla.cfg.to_dict())
-    return ["config.json", "tokenizer.json", "dataset_statistics.json"]
+    from ..models.reference.adapter import write_processor_files
+
+    return write_processor_files(vla, root)
 
 
 def _reference_torch_outputs(vla: Any, observations: list[dict]) -> dict[str, np.ndarray]:

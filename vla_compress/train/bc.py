@@ -120,7 +120,6 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device)
     K = mcfg.chunk_size
-    prompt_cache = {t: proc.text([t]) for t in set(data.instructions)}
 
     def batch(idx: np.ndarray, augment: bool):
         offs = np.arange(K)[None, :] + idx[:, None]

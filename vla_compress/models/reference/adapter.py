@@ -77,14 +77,9 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.state_dict(), path / "model.safetensors", metadata={"format": "pt"})
-        self.tokenizer.save(path / "tokenizer.json")
-        write_json(path / "dataset_statistics.json", {
-            self.dataset_name: {"action": self.action_norm.to_dict(), "proprio": self.state_norm.to_dict()}
-        })
         if self.training_info:
             write_json(path / "training.json", self.training_info)
-        # config last: a directory with config.json is a complete checkpoint
-        write_json(path / "config.json", self.cfg.to_dict())
+        write_processor_files(self, path)  # config.json last: a directory with it is complete
         return path
 
     @classmethod
@@ -92,19 +87,7 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(path, "checkpoint directory not found")
-        try:
-            cfg = ReferenceConfig.from_dict(read_json(path / "config.json"))
-        except ConfigError as e:
-            raise CheckpointError(path / "config.json", str(e)) from None
-        tokenizer = InstructionTokenizer.from_file(path / "tokenizer.json")
-        stats = read_json(path / "dataset_statistics.json")
-        if not isinstance(stats, dict) or len(stats) != 1:
-            raise CheckpointError(path / "dataset_statistics.json", "expected exactly one dataset entry")
-        (name, entry), = stats.items()
-        try:
-            action_norm, state_norm = Normalizer.from_dict(entry["action"]), Normalizer.from_dict(entry["proprio"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(path / "dataset_statistics.json", f"malformed statistics ({e})") from None
+        cfg, tokenizer, action_norm, state_norm, name = read_processor_files(path)
         training = read_json(path / "training.json") if (path / "training.json").is_file() else None
         try:
             model = cls(cfg, tokenizer, action_norm, state_norm, dataset_name=name, training=training)
@@ -146,6 +129,35 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
             head=head, chunk_size=2, preset="tiny", **overrides,
         )
         return cls.build(cfg, seed=seed)
+
+
+def read_processor_files(path: Path) -> tuple[ReferenceConfig, InstructionTokenizer, Normalizer, Normalizer, str]:
+    """config.json, tokenizer.json and dataset_statistics.json of a checkpoint or an exported
+    artifact: everything needed to pre/post-process without building the network."""
+    try:
+        cfg = ReferenceConfig.from_dict(read_json(path / "config.json"))
+    except ConfigError as e:
+        raise CheckpointError(path / "config.json", str(e)) from None
+    tokenizer = InstructionTokenizer.from_file(path / "tokenizer.json")
+    stats = read_json(path / "dataset_statistics.json")
+    if not isinstance(stats, dict) or len(stats) != 1:
+        raise CheckpointError(path / "dataset_statistics.json", "expected exactly one dataset entry")
+    (name, entry), = stats.items()
+    try:
+        action_norm, state_norm = Normalizer.from_dict(entry["action"]), Normalizer.from_dict(entry["proprio"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(path / "dataset_statistics.json", f"malformed statistics ({e})") from None
+    return cfg, tokenizer, action_norm, state_norm, name
+
+
+def write_processor_files(vla: "ReferenceVLA", path: Path) -> list[str]:
+    """Write what `read_processor_files` reads, from the in-memory model (config.json last)."""
+    vla.tokenizer.save(path / "tokenizer.json")
+    write_json(path / "dataset_statistics.json", {
+        vla.dataset_name: {"action": vla.action_norm.to_dict(), "proprio": vla.state_norm.to_dict()}
+    })
+    write_json(path / "config.json", vla.cfg.to_dict())
+    return ["tokenizer.json", "dataset_statistics.json", "config.json"]
 
 
 def replace_backbone(cfg: ReferenceConfig, **kw: Any) -> ReferenceConfig:

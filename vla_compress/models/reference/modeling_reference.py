@@ -13,7 +13,6 @@ tokens, so a padded row computes exactly what it would alone.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .configuration_reference import ReferenceConfig
