@@ -46,15 +46,26 @@ def openvla_model():
     return OpenVLA.tiny(seed=0)
 
 
-@pytest.fixture(scope="session")
-def lerobot_dir(tmp_path_factory):
+def write_lerobot(root, episodes_per_task: int, frames: int, seed: int):
+    """A LeRobot dataset of random 32x32 frames, 4-d states/actions, on two tasks."""
     from vla_compress.data.lerobot import Episode, LeRobotWriter
 
-    root = tmp_path_factory.mktemp("lerobot") / "tiny"
     w = LeRobotWriter(root, fps=10)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for task in ("reach to the target location", "open the door"):
-        w.add(Episode(task=task, images={"corner": rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)},
-                      state=rng.uniform(-1, 1, (5, 4)).astype(np.float32),
-                      action=rng.uniform(-1, 1, (5, 4)).astype(np.float32)))
+        for _ in range(episodes_per_task):
+            w.add(Episode(task=task, images={"corner": rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8)},
+                          state=rng.uniform(-1, 1, (frames, 4)).astype(np.float32),
+                          action=rng.uniform(-1, 1, (frames, 4)).astype(np.float32)))
     return w.close()
+
+
+@pytest.fixture(scope="session")
+def lerobot_dir(tmp_path_factory):
+    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "tiny", episodes_per_task=1, frames=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def lerobot_train_dir(tmp_path_factory):
+    """2 tasks x 3 episodes x 6 frames: enough to hold one episode per task out."""
+    return write_lerobot(tmp_path_factory.mktemp("lerobot") / "train", episodes_per_task=3, frames=6, seed=1)

@@ -14,6 +14,7 @@ from tests.passes.conftest import context_for
 from vla_compress.errors import ConfigError, PassError
 from vla_compress.passes import (Dataset, PassContext, Where, apply_passes, config_from_dict, get_pass, list_passes,
                                  quantize_)
+from vla_compress.passes.distill import DistillConfig
 from vla_compress.passes.prune import LayerDropConfig, WidthPruneConfig
 from vla_compress.passes.quantize import (FqnToConfig, Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
                                           Int8StaticActivationInt8WeightConfig, Int8WeightOnlyConfig,
@@ -34,6 +35,8 @@ EXAMPLES = {
     "mixed-precision": MixedPrecisionConfig(bits=(8, 4, 32), avg_bits=5.0, group_size=32),
     "visual-token-prune": VisualTokenPruneConfig(budget=8, layer=1),
     "token-merge": TokenMergeConfig(r=2, mode="reduce"),
+    "distill": DistillConfig(steps=50, lr=3e-4, hidden_weight=0.5, hidden_components=("backbone", "projector"),
+                             where={"components": ["backbone", "action_head"], "exclude": ["backbone.embed_tokens"]}),
 }
 
 

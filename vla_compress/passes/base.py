@@ -26,6 +26,7 @@ from ..errors import PassError
 
 CALIBRATION = "calibration"
 TEACHER = "teacher"
+TRAINING = "training"
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,7 @@ class PassConfig:
         """Range checks; raise `self.error(key, problem)`."""
 
     def needs(self) -> frozenset[str]:
-        """What the runner must put in the context: CALIBRATION, TEACHER."""
+        """What the runner must put in the context: CALIBRATION, TEACHER, TRAINING."""
         return frozenset()
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -245,11 +246,13 @@ def set_module(vla: Any, name: str, new: Any) -> None:
 
 @dataclass
 class PassContext:
-    """What the runner gives a pass: calibration data, a teacher, a seed; `notes` collects what a
-    pass wants recorded in the compression log (its decisions: layers dropped, bits per layer...)."""
+    """What the runner gives a pass: calibration data, a teacher, training data, a seed; `notes`
+    collects what a pass wants recorded in the compression log (its decisions: layers dropped, bits
+    per layer...)."""
 
     calibration: Any = None  # a vla_compress.passes.calibration.Dataset
     teacher: Any = None  # the uncompressed model (distillation, sensitivity references)
+    training: Any = None  # a LeRobot dataset (path or LeRobotDataset) whose frames passes train on
     seed: int = 0
     notes: dict = field(default_factory=dict)
 
@@ -260,12 +263,17 @@ class PassContext:
                                 f"PassContext.from_lerobot(...) or calibration=Dataset(...)")
             if need == TEACHER and self.teacher is None:
                 raise PassError(f"pass {config.name!r} needs a teacher model in the context")
+            if need == TRAINING and self.training is None:
+                raise PassError(f"pass {config.name!r} needs training data: build the context with "
+                                f"PassContext.from_lerobot(...) or training=<LeRobot dataset directory>")
 
     @classmethod
     def from_lerobot(cls, vla: Any, dataset: Any, num_samples: int = 32, seed: int = 0, teacher: Any = None,
                      batch_size: int = 1) -> "PassContext":
-        """Calibration observations sampled (seeded) from a LeRobot dataset, preprocessed by `vla`."""
+        """Calibration observations sampled (seeded) from a LeRobot dataset, preprocessed by `vla`;
+        the same dataset is the training data of passes that train (distill)."""
         from .calibration import calibration_dataset, observations_from_lerobot
 
         obs = observations_from_lerobot(dataset, num_samples, seed)
-        return cls(calibration=calibration_dataset(vla, obs, batch_size), teacher=teacher, seed=seed)
+        return cls(calibration=calibration_dataset(vla, obs, batch_size), teacher=teacher, training=dataset,
+                   seed=seed)

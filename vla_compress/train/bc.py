@@ -52,12 +52,15 @@ class FrameData:
     episode_of: np.ndarray  # (N,) episode index
 
 
-def load_frames(root: str | Path, camera: str, log: Callable[[str], None] = print) -> tuple[FrameData, list[dict]]:
+def load_frames(root: str | Path, camera: str, log: Callable[[str], None] = print,
+                episodes: list[int] | None = None) -> tuple[FrameData, list[dict]]:
+    """Decode every frame of the dataset (or of the given episode indices) into memory; `meta[i]`
+    describes the i-th episode loaded (its "index" is i, the position in FrameData.episode_of)."""
     ds = LeRobotDataset(root)
     imgs, states, actions, instr, ends, eps, meta = [], [], [], [], [], [], []
     n = 0
     t0 = time.time()
-    for i, ep in enumerate(ds.iter_episodes()):
+    for i, ep in enumerate(ds.iter_episodes(episodes)):
         if camera not in ep.images:
             raise ValueError(f"{root}: dataset has no camera {camera!r} (has {list(ep.images)})")
         T = len(ep)
@@ -122,19 +125,7 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
     K = mcfg.chunk_size
 
     def batch(idx: np.ndarray, augment: bool):
-        offs = np.arange(K)[None, :] + idx[:, None]
-        offs = np.minimum(offs, data.episode_end[idx][:, None] - 1)  # pad with the last action
-        act = torch.from_numpy(norm_actions[offs])
-        imgs = proc.images(data.images[idx])
-        if augment and cfg.shift_px:
-            p = cfg.shift_px
-            padded = F.pad(imgs, (p, p, p, p), mode="replicate")
-            s = imgs.shape[-1]
-            ox, oy = np.random.randint(0, 2 * p + 1, size=(2, len(idx)))
-            imgs = torch.stack([padded[i, :, oy[i]:oy[i] + s, ox[i]:ox[i] + s] for i in range(len(idx))])
-        text_ids, text_mask = proc.text([data.instructions[i] for i in idx])
-        state = torch.from_numpy(state_norm.normalize(data.states[idx]))
-        return [t.to(device) for t in (imgs, text_ids, text_mask, state, act)]
+        return frame_batch(proc, data, norm_actions, state_norm, idx, K, cfg.shift_px if augment else 0, device)
 
     def loss_fn(imgs, text_ids, text_mask, state, act):
         if cfg.head == "regression":
@@ -146,11 +137,7 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
         action_logits = logits[..., -mcfg.n_bins:]
         return F.cross_entropy(action_logits.float().reshape(-1, mcfg.n_bins), bins.reshape(-1))
 
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    opt, sched = adamw_cosine(list(model.parameters()), cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
     history = []
@@ -181,6 +168,45 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
         "history": history,
     }
     return model.save_pretrained(out)
+
+
+def frame_batch(proc, data: FrameData, norm_actions: np.ndarray, state_norm: Normalizer, idx: np.ndarray,
+                chunk: int, shift_px: int = 0, device=None, rng: np.random.RandomState | None = None) -> list:
+    """Model inputs and targets for frames `idx`: [images, text_ids, text_mask, state, action chunk].
+
+    The target is the next `chunk` normalised actions, padded with the episode's last action.
+    `shift_px` > 0: random-shift augmentation (replicate-pad by shift_px, random crop back, as in
+    DrQ), offsets drawn from `rng` (numpy's global generator when None)."""
+    import torch
+    import torch.nn.functional as F
+
+    offs = np.arange(chunk)[None, :] + idx[:, None]
+    offs = np.minimum(offs, data.episode_end[idx][:, None] - 1)  # pad with the last action
+    act = torch.from_numpy(norm_actions[offs])
+    imgs = proc.images(data.images[idx])
+    if shift_px:
+        p = shift_px
+        padded = F.pad(imgs, (p, p, p, p), mode="replicate")
+        s = imgs.shape[-1]
+        ox, oy = (np.random if rng is None else rng).randint(0, 2 * p + 1, size=(2, len(idx)))
+        imgs = torch.stack([padded[i, :, oy[i]:oy[i] + s, ox[i]:ox[i] + s] for i in range(len(idx))])
+    text_ids, text_mask = proc.text([data.instructions[i] for i in idx])
+    state = torch.from_numpy(state_norm.normalize(data.states[idx]))
+    return [t.to(device) if device is not None else t for t in (imgs, text_ids, text_mask, state, act)]
+
+
+def adamw_cosine(params: list, lr: float, weight_decay: float, warmup: int, steps: int):
+    """AdamW (betas 0.9/0.95; no decay on biases and norms, i.e. tensors with < 2 dims) with linear
+    warm-up over `warmup` steps and a cosine decay to 0 at `steps`; returns (optimizer, scheduler)."""
+    import torch
+
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(warmup, 1)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return opt, sched
 
 
 def evaluate_offline(model, batch, loss_fn, val_idx: np.ndarray, bs: int) -> float:

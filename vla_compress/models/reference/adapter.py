@@ -6,6 +6,8 @@ Checkpoint layout (a directory):
     tokenizer.json            the instruction tokenizer (byte-level BPE + 256 action tokens)
     dataset_statistics.json   OpenVLA-style {dataset: {"action": {q01, q99, mask}, "proprio": {...}}}
     training.json             optional: how it was trained (data, steps, seed, time, hardware)
+    quantization.json         when quantized: module name -> scheme (passes/quantize/serialize.py)
+    compression.json          when compressed: the compression log, ToMe's schedule (passes/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import load_safetensors, read_json, save_safetensors, write_json
+from ...passes.checkpoint import restore_compression, save_compression
 from ..base import ActionSpec, Normalizer, TokenCounts, VLAAdapter
 from ..tokenizer import InstructionTokenizer
 from .configuration_reference import PRESETS, BackboneConfig, ReferenceConfig, VisionConfig
@@ -77,6 +80,7 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.state_dict(), path / "model.safetensors", metadata={"format": "pt"})
+        save_compression(self, path)  # quantization.json / compression.json when compressed
         if self.training_info:
             write_json(path / "training.json", self.training_info)
         write_processor_files(self, path)  # config.json last: a directory with it is complete
@@ -93,6 +97,7 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
             model = cls(cfg, tokenizer, action_norm, state_norm, dataset_name=name, training=training)
         except ConfigError as e:
             raise CheckpointError(path, str(e)) from None
+        restore_compression(model, path)  # quantized modules, ToMe, the compression log
         state = load_safetensors(path / "model.safetensors")
         if "visual_keep" in state:  # a token-pruned checkpoint: size the buffer before loading
             model.visual_keep = torch.zeros_like(state["visual_keep"])

@@ -110,9 +110,6 @@ def static_scale(sample: Any, percentile: float) -> float:
 
 def quantization_scheme(vla: Any) -> dict[str, dict]:
     """Canonical module name -> scheme dict of every quantized module (what exporters carry)."""
-    out = {}
-    for comp, mod in vla.components().items():
-        for rel, m in mod.named_modules():
-            if getattr(m, "is_quantized", False):
-                out[f"{comp}.{rel}" if rel else comp] = dict(m.scheme)
-    return out
+    from .serialize import quantized_modules
+
+    return {name: dict(m.scheme) for name, m in quantized_modules(vla).items()}

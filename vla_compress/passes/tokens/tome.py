@@ -16,10 +16,10 @@ models): fewer backbone tokens too, in a data-dependent (but fixed-count) order.
 Deviation from the paper: merging happens between layers (after the MLP) rather than between a
 layer's attention and its MLP, so the HF layer modules run unchanged.
 
-Not persisted: ToMe changes the computation, not the weights; a saved model reloads without it
-(the compression log records it; re-apply the pass after loading). In "reduce" mode the config's
-visual_token_budget records the reduced count, so a reloaded "reduce" model reports fewer visual
-tokens than it produces until the pass is applied again: save the uncompressed model instead.
+Persisted beside the weights: ToMe changes the computation, not the weights, so save_pretrained
+records the per-layer schedule and the mode in compression.json and from_pretrained wraps the
+encoder again (passes/checkpoint.py); in "reduce" mode config.json's visual_token_budget holds the
+reduced count the reloaded model produces.
 """
 
 from __future__ import annotations

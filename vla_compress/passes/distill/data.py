@@ -1,0 +1,75 @@
+"""Frames to distil on: the BC trainer's loading, split and batches (train/bc.py), with the
+student's own normalisation (a distilled model keeps its checkpoint's statistics)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import DatasetError, PassError
+from .config import DistillConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillData:
+    frames: Any  # train.bc.FrameData
+    train_idx: np.ndarray  # frame indices of the training episodes
+    val_idx: np.ndarray  # frame indices of the held-out episodes
+    norm_actions: np.ndarray  # (N, A) actions normalised with the student's statistics
+    episodes: dict  # {"train": n, "val": n}
+
+    def batch(self, vla: Any, idx: np.ndarray, shift_px: int = 0, rng: np.random.RandomState | None = None,
+              device: Any = None) -> list:
+        """[images, text_ids, text_mask, state, action chunk] for frames `idx` (bc.frame_batch)."""
+        from ...train.bc import frame_batch
+
+        return frame_batch(vla.processor, self.frames, self.norm_actions, vla.state_norm, idx, vla.cfg.chunk_size,
+                           shift_px, device, rng)
+
+    def eval_indices(self, n: int) -> np.ndarray:
+        """Up to `n` held-out frames spread evenly over the held-out episodes."""
+        if n == 0 or len(self.val_idx) == 0:
+            return self.val_idx[:0]
+        return self.val_idx[np.unique(np.linspace(0, len(self.val_idx) - 1, min(n, len(self.val_idx))).astype(int))]
+
+
+def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillData:
+    """Decode the training episodes (all, or `train_episodes` of them, seeded) and the held-out
+    ones (the last `val_episodes_per_task` of each task, as the BC trainer holds out)."""
+    from ...data.lerobot import LeRobotDataset
+    from ...train.bc import load_frames, split_episodes
+
+    ds = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(Path(dataset))
+    meta = [{"index": e["episode_index"], "task": e["tasks"][0]} for e in ds.episodes]
+    train_eps, val_eps = split_episodes(meta, config.val_episodes_per_task)
+    if len(train_eps) == 0:
+        raise PassError(f"pass {config.name!r}: {ds.root} has {len(meta)} episodes and all of them are held out "
+                        f"(val_episodes_per_task={config.val_episodes_per_task}); lower it or add episodes")
+    if config.train_episodes and config.train_episodes < len(train_eps):
+        rng = np.random.default_rng(config.seed)
+        train_eps = np.sort(rng.choice(train_eps, config.train_episodes, replace=False))
+    chosen = sorted(int(i) for i in np.concatenate([train_eps, val_eps]))
+    camera = vla.cfg.vision.camera
+    if f"observation.images.{camera}" not in ds.camera_keys and camera not in ds.camera_keys:
+        raise DatasetError(ds.root, f"no images from camera {camera!r}, which the model reads "
+                                    f"(dataset cameras: {ds.camera_keys})")
+    frames, loaded = load_frames(ds.root, camera, log.info, episodes=chosen)
+    # the held-out episodes are the last ones of each task in the full dataset, hence in the subset too
+    train_local, val_local = split_episodes(loaded, config.val_episodes_per_task)
+    if len(train_local) != len(train_eps) or len(val_local) != len(val_eps):
+        raise DatasetError(ds.root, f"loaded {len(loaded)} episodes, expected {len(chosen)}")
+    action_dim = vla.cfg.action_dim
+    if frames.actions.shape[1] != action_dim or frames.states.shape[1] != vla.cfg.proprio_dim:
+        raise DatasetError(ds.root, f"actions/states have {frames.actions.shape[1]}/{frames.states.shape[1]} "
+                                    f"dimensions; the model expects {action_dim}/{vla.cfg.proprio_dim}")
+    return DistillData(frames=frames,
+                       train_idx=np.nonzero(np.isin(frames.episode_of, train_local))[0],
+                       val_idx=np.nonzero(np.isin(frames.episode_of, val_local))[0],
+                       norm_actions=vla.action_norm.normalize(frames.actions),
+                       episodes={"train": int(len(train_local)), "val": int(len(val_local))})
