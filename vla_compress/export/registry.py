@@ -38,3 +38,10 @@ def _onnx() -> "Exporter":
     from .onnx.exporter import OnnxExporter
 
     return OnnxExporter()
+
+
+@register_exporter("tensorrt")
+def _tensorrt() -> "Exporter":
+    from .tensorrt.exporter import TensorRTExporter
+
+    return TensorRTExporter()

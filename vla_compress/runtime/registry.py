@@ -40,3 +40,13 @@ def _onnx(spec):
     return OnnxRuntimePolicy(spec.path, threads=o.get("threads", 1), providers=o.get("providers"),
                              execute_steps=o.get("execute_steps"), allow_failed=o.get("allow_failed", False),
                              verify=o.get("verify", False), name=o.get("name", "onnx"))
+
+
+@register_runtime("tensorrt")
+def _tensorrt(spec):
+    from .tensorrt_policy import TensorRTPolicy
+
+    o = spec.options
+    return TensorRTPolicy(spec.path, device=o.get("device", 0), execute_steps=o.get("execute_steps"),
+                          allow_failed=o.get("allow_failed", False), verify=o.get("verify", False),
+                          name=o.get("name", "tensorrt"))

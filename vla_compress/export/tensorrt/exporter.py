@@ -1,0 +1,251 @@
+"""The TensorRT exporter: ONNX graph -> TensorRT-ready graph -> build files -> (engine) -> parity.
+
+TensorRT engines are built from the ONNX artifact's graphs, never traced separately, so the
+I/O contract (names, symbolic axes recorded in its artifact.json) is the ONNX one and the
+ONNX Runtime policy's decode loop drives both. Steps of `export`:
+  1. the ONNX graphs: from `base` (an ONNX artifact of this model) or traced now in fp32;
+  2. the graph TensorRT builds: fp32/fp16 use the fp32 graph; int8/fp8 get symmetric Q/DQ from
+     calibration (quantize.py), or keep a quantized base's own Q/DQ as they are;
+  3. the TensorRT-readiness check of every graph (readiness.py);
+  4. optimization profiles from the io axes (profiles.py), build_plan.json, build_engine.py and
+     build_engine.sh (scripts.py): what a Jetson user runs on the device;
+  5. the engines, when tensorrt imports and a CUDA GPU is present (config.build_engine).
+Artifact layout: artifact.json, <graph>.onnx (+ .onnx.data), build_plan.json, build_engine.py,
+build_engine.sh, the processor files, and once built <graph>.engine, timing.cache, engine_info.json.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...errors import ConfigError
+from ...fileio import write_json, write_text
+from ..artifact import Artifact, hash_files, new_manifest, staged_dir
+from ..base import ExportError, Exporter
+from ..family import get_export_family, weights_fingerprint
+from ..parity import ParityReport, compare
+from .config import TensorRTExportConfig
+from .profiles import axis_ranges, graph_profile
+from .readiness import ReadinessReport, check_graph, require_ready
+from .scripts import PLAN_FILE, PY_SCRIPT, SH_SCRIPT, build_plan, build_script_source, build_sh, trtexec_command
+
+
+def engine_support() -> tuple[bool, str]:
+    """(True, "") when engines can be built here: full tensorrt importable and a CUDA device."""
+    from .build_engine import BuildError, cuda_device
+
+    try:
+        import tensorrt as trt
+    except ImportError:
+        return False, "the tensorrt package is not installed here"
+    if not hasattr(trt, "Builder"):
+        return False, "the installed tensorrt package has no Builder (lean runtime)"
+    try:
+        cuda_device(0)
+    except BuildError as e:
+        return False, str(e)
+    return True, ""
+
+
+class TensorRTExporter(Exporter):
+    format = "tensorrt"
+    config_cls = TensorRTExportConfig
+
+    def export(self, vla: Any, config: TensorRTExportConfig, out_dir: str | Path, *,
+               base: Artifact | str | Path | None = None, calibration: list[dict] | None = None,
+               example: list[dict] | None = None, source: str | Path | None = None, threads: int = 1,
+               log: Callable[[str], None] | None = None) -> Artifact:
+        """Write the TensorRT artifact for `vla` in `out_dir` and return it (status "unvalidated").
+
+        base: an ONNX artifact of this model (fp32, or a Q/DQ graph kept as is for int8/fp8);
+              default: trace the fp32 graphs now. calibration: observations for int8/fp8 from fp32.
+        Raises ExportError listing the offending ops when a graph is not TensorRT-ready (the
+        artifact is written anyway, marked failed, for inspection).
+        """
+        from ..onnx.exporter import _record_failure, source_info
+        from .build_engine import BuildError, build_engines
+
+        if not isinstance(config, TensorRTExportConfig):
+            raise ConfigError(f"the tensorrt exporter needs a TensorRTExportConfig, got {type(config).__name__}")
+        family = get_export_family(getattr(vla, "family", ""))
+        meta = family.head_meta(vla)
+        config.check_head(meta["head"])
+        out_dir = Path(out_dir)
+        manifest = new_manifest("tensorrt", config.precision, config.to_dict(), source_info(vla, source),
+                                model=meta, graphs={}, io={}, readiness={}, engine=None)
+        reports: dict[str, ReadinessReport] = {}
+        try:
+            with staged_dir(out_dir) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as tmp:
+                onnx_art = self._onnx_graphs(vla, base, Path(tmp), example or calibration, source, meta)
+                manifest["onnx_base"] = {"path": str(onnx_art.path.resolve()) if base is not None else None,
+                                         "precision": onnx_art.precision, "opset": onnx_art.manifest.get("opset")}
+                reports = self._prepare(vla, family, config, onnx_art, stage, Path(tmp), calibration, threads, manifest)
+                ranges = axis_ranges(config, onnx_art.manifest)
+                profiles = {n: graph_profile(manifest["io"][n]["inputs"], ranges) for n in manifest["graphs"]}
+                qdq = {t for r in reports.values() for t, n in r.qdq.items() if n}
+                plan = build_plan(config, {n: {"onnx": g["file"], "profile": profiles[n]}
+                                           for n, g in manifest["graphs"].items()}, qdq)
+                self._write_build_files(stage, plan, manifest)
+                manifest["profiles"] = {"axes": {k: list(v) for k, v in ranges.items()}, "graphs": profiles}
+                manifest["processor_files"] = family.save_processor(vla, stage)
+                if all(r.ok for r in reports.values()):
+                    manifest["engine"], manifest["engine_note"] = self._maybe_build(config, plan, stage, log,
+                                                                                    build_engines)
+                else:
+                    manifest["status"] = "failed"
+                    manifest["error"] = "not TensorRT-ready: " + "; ".join(
+                        f"{p['op']} x{p['count']}" for r in reports.values() for p in r.problems)
+                manifest["files"] = hash_files(stage)
+                Artifact(stage, manifest).save()
+        except (ExportError, ConfigError):
+            raise
+        except BuildError as e:
+            _record_failure(out_dir, manifest, e)
+            raise ExportError(out_dir, f"TensorRT engine build ({config.precision}) failed: {e}") from e
+        except Exception as e:
+            _record_failure(out_dir, manifest, e)
+            raise ExportError(out_dir, f"TensorRT export ({config.precision}) failed: {type(e).__name__}: {e}") from e
+        require_ready(reports, out_dir)
+        return Artifact.load(out_dir)
+
+    # --- stages ------------------------------------------------------------------------------
+    def _onnx_graphs(self, vla: Any, base: Artifact | str | Path | None, tmp: Path, example: list[dict] | None,
+                     source: str | Path | None, meta: dict) -> Artifact:
+        """The ONNX artifact the engines are built from: `base` (checked to be this model's) or fp32 traced now."""
+        from ..onnx import OnnxExportConfig
+        from ..onnx.exporter import OnnxExporter
+
+        if base is None:
+            return OnnxExporter().export(vla, OnnxExportConfig(), tmp / "onnx-fp32", example=example, source=source)
+        base = base if isinstance(base, Artifact) else Artifact.load(base)
+        if base.format != "onnx":
+            raise ConfigError(f"{base.path}: base must be an ONNX artifact, is {base.format!r}")
+        base.require_usable()
+        if base.manifest.get("model") != meta or base.manifest["source"].get("weights_sha256") != weights_fingerprint(vla):
+            raise ConfigError(f"{base.path}: base artifact was exported from different weights than this model")
+        return base
+
+    def _prepare(self, vla: Any, family: Any, config: TensorRTExportConfig, onnx_art: Artifact, stage: Path,
+                 tmp: Path, calibration: list[dict] | None, threads: int, manifest: dict) -> dict[str, ReadinessReport]:
+        """Write the graphs TensorRT builds into `stage`, check each, record them in the manifest."""
+        from ..onnx.exporter import OnnxExporter
+        from ..onnx.quantize import op_summary
+        from .quantize import prepare_graph
+
+        from_fp32 = onnx_art.precision == "fp32"
+        precision = config.precision if from_fp32 else "fp32"  # a quantized base keeps its own Q/DQ
+        feeds: dict[str, list[dict]] = {}
+        if from_fp32 and config.needs_qdq:
+            if not calibration:
+                raise ConfigError(f"tensorrt {config.precision} export needs calibration observations "
+                                  "(pass calibration=[observation, ...])")
+            graphs = {n: (onnx_art.file(g["file"]), 0) for n, g in onnx_art.manifest["graphs"].items()}
+            # the ONNX exporter's calibration feeds: prefill inputs per observation and, for a tokens
+            # head, the decode inputs (KV caches) its own greedy loop really produces
+            feeds = OnnxExporter()._calibration_feeds(vla, family, tmp, graphs, calibration[: config.calibration_limit],
+                                                      threads)
+        reports = {}
+        for name, g in onnx_art.manifest["graphs"].items():
+            dst = stage / g["file"]
+            prepare_graph(precision, onnx_art.file(g["file"]), dst, feeds.get(name), per_channel=config.per_channel,
+                          external=bool(g.get("external_data")))
+            reports[name] = check_graph(dst, config.precision)
+            manifest["readiness"][name] = reports[name].to_dict()
+            manifest["graphs"][name] = {"file": g["file"], "engine": f"{name}.engine",
+                                        "external_data": bool(g.get("external_data")), "ops": op_summary(dst)}
+            manifest["io"][name] = onnx_art.manifest["io"][name]
+        return reports
+
+    def _write_build_files(self, stage: Path, plan: dict, manifest: dict) -> None:
+        write_json(stage / PLAN_FILE, plan)
+        write_text(stage / PY_SCRIPT, build_script_source())
+        header = (f"TensorRT engines of a {manifest['model']['family']} {manifest['model']['head']}-head policy, "
+                  f"precision {plan['precision']} (builder flags: {', '.join(plan['flags']) or 'none'}).\n"
+                  f"Generated by vla-compress {manifest['versions'].get('vla-compress', '?')} on {manifest['created']}; "
+                  f"the same build as {PY_SCRIPT} (python3 {PY_SCRIPT}).")
+        write_text(stage / SH_SCRIPT, build_sh(plan, header))
+        for script in (PY_SCRIPT, SH_SCRIPT):
+            os.chmod(stage / script, 0o755)
+        manifest["build"] = {"plan": PLAN_FILE, "python": PY_SCRIPT, "trtexec": SH_SCRIPT,
+                             "trtexec_commands": {n: trtexec_command(plan, n) for n in plan["graphs"]}}
+
+    def _maybe_build(self, config: TensorRTExportConfig, plan: dict, stage: Path, log, build_engines) -> tuple:
+        """(engine info, note): build now when asked/possible, else say why not."""
+        if config.build_engine == "never":
+            return None, "engine build not requested (build_engine='never'): run build_engine.py on the device"
+        ok, why = engine_support()
+        if not ok:
+            if config.build_engine == "always":
+                raise ConfigError(f"cannot build TensorRT engines here: {why}")
+            return None, f"engine not built here ({why}): run build_engine.py or build_engine.sh on the device"
+        timing = Path(config.timing_cache) if config.timing_cache else None
+        return build_engines(plan, stage, timing_cache=timing, log=log or (lambda m: None)), None
+
+    # --- validation ----------------------------------------------------------------------------
+    def validate(self, artifact: Artifact, vla: Any, observations: list[dict], threads: int = 1) -> ParityReport:
+        """Compare with torch on `observations`: the engines when they exist and run here (status
+        ok/failed), else the exact graph TensorRT builds, run in ONNX Runtime (`graph_parity`; the
+        status stays "unvalidated" when it passes, since no engine was checked, "failed" when not)."""
+        import time
+
+        from ...runtime.onnxruntime_policy import OnnxGraphs
+        from ...runtime.tensorrt_policy import TensorRTGraphs, engine_runnable
+
+        m = artifact.manifest
+        ready = {n: ReadinessReport(**{k: v for k, v in r.items() if k != "ok"}) for n, r in m.get("readiness", {}).items()}
+        require_ready(ready, artifact.path)
+        if not observations:
+            raise ConfigError("validate needs at least one observation")
+        family = get_export_family(m["model"]["family"])
+        if family.head_meta(vla) != m["model"] or weights_fingerprint(vla) != m["source"].get("weights_sha256"):
+            raise ExportError(artifact.path, "the torch model given to validate() is not the one this artifact came from")
+        config = TensorRTExportConfig.from_dict(m["config"])
+        head = m["model"]["head"]
+        t0 = time.perf_counter()
+        ref = family.torch_outputs(vla, observations)
+        processor = family.load_processor(artifact.path)
+        t1 = time.perf_counter()
+        graph = compare(head, ref, _run(OnnxGraphs(artifact, threads, ["CPUExecutionProvider"]), processor,
+                                        observations, ref, config.max_batch), config.tolerance_for(head))
+        t2 = time.perf_counter()
+        graph.timing_s = {"torch": t1 - t0, "onnxruntime": t2 - t1}
+        m["graph_parity"] = graph.to_dict()
+        runnable, why = engine_runnable(artifact)
+        if not runnable:
+            m["parity"], m["status"] = None, ("unvalidated" if graph.passed else "failed")
+            m["validation_note"] = f"engine not validated: {why}; the graph TensorRT builds passed ONNX Runtime parity" \
+                if graph.passed else f"the graph TensorRT builds failed parity in ONNX Runtime: {'; '.join(graph.failures)}"
+            m["files"] = hash_files(artifact.path)
+            artifact.save()
+            return graph
+        try:
+            got = _run(TensorRTGraphs(artifact), processor, observations, ref, config.max_batch)
+        except Exception as e:  # an engine that cannot run is a failed artifact
+            m["error"], m["status"] = f"the engine could not be run: {type(e).__name__}: {e}", "failed"
+            artifact.save()
+            raise ExportError(artifact.path, m["error"]) from e
+        report = compare(head, ref, got, config.tolerance_for(head))
+        report.timing_s = {"torch": t1 - t0, "tensorrt": time.perf_counter() - t2}
+        m.pop("error", None)
+        m.pop("validation_note", None)
+        artifact.record_validation(report)
+        return report
+
+
+def _run(runner: Any, processor: Any, observations: list[dict], ref: dict, batch: int) -> dict[str, np.ndarray]:
+    """Run `runner` (OnnxGraphs or TensorRTGraphs) on `observations` in batches of at most `batch`
+    (the engine's profile maximum); tokens heads are also run teacher-forced on the torch tokens."""
+    outs = []
+    for i in range(0, len(observations), batch):
+        feeds = processor(observations[i:i + batch])
+        got = runner.predict(feeds)
+        if "bins" in ref:
+            forced = runner.predict(feeds, force_bins=ref["bins"][i:i + batch])
+            got["bin_logits"], got["bins_teacher_forced"] = forced["bin_logits"], forced["bins"]
+        outs.append(got)
+    return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
