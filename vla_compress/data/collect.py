@@ -61,11 +61,14 @@ def collect(
     max_steps: int = 300,
     overwrite: bool = False,
     on_episode: Callable[[Episode], None] | None = None,
+    start_index: int = 0,
 ) -> Path:
-    """Collect successful expert episodes per task (failed expert runs are skipped, their seeds not reused)."""
+    """Collect successful expert episodes per task (failed expert runs are skipped, their seeds not reused).
+    Demo seed indices start at `start_index` (training demos use 0..; the pipeline's calibration and
+    validation episodes use 900.. and 950.., so they never share a placement with training data)."""
     want = {t: (episodes_per_task[t] if isinstance(episodes_per_task, dict) else episodes_per_task) for t in tasks}
     writer = LeRobotWriter(out, fps=CONTROL_HZ, robot_type="sawyer", overwrite=overwrite)
-    next_i = {t: 0 for t in tasks}
+    next_i = {t: start_index for t in tasks}
     got = {t: 0 for t in tasks}
     ctx = mp.get_context("spawn")
     with ctx.Pool(workers) as pool:

@@ -66,7 +66,12 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(spec: PolicySpec, suite_args: dict, threads: int) -> None:
+    import warnings
+
     import torch
+
+    # gymnasium's passive checker warns on every MetaWorld reset/step (observation bounds); not ours to fix
+    warnings.filterwarnings("ignore", module="gymnasium")
 
     torch.set_num_threads(threads)
     _WORKER["policy"] = spec.build()

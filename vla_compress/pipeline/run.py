@@ -1,0 +1,383 @@
+"""`vla-compress compress CKPT --profile NAME --out RUN_DIR`: the whole pipeline as cached stages.
+
+    checkpoint → calibration data (scripted-expert episodes, seeds disjoint from evaluation)
+    → baseline evaluation → passes → exports (each validated) → evaluation of every variant in its
+    own runtime → profiling (measured here side by side; estimated on the recipe's target)
+    → gate → report
+
+Variants: `baseline` (the checkpoint in torch), `compressed` (after the passes, in torch) and one
+per export (`onnx-int8-dynamic`, `gguf-q4_k_m`, ...) run by that format's runtime. Every variant is
+evaluated on the same tasks and seeds as the baseline, so the gate compares paired outcomes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from .recipe import EXPORT_RUNTIMES, Recipe, export_variant_name
+from .stages import Hooks, Run, hash_checkpoint
+
+# calibration / validation episodes come from demo seed indices far above what training used
+CALIBRATION_INDEX, VALIDATION_INDEX = 900, 950
+EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}
+
+
+class Pipeline:
+    """One compress run. Construct (validates everything cheap first), then `run()`."""
+
+    def __init__(self, checkpoint: str | Path, recipe: Recipe, out: str | Path, hooks: Hooks | None = None,
+                 allow_pickle: bool = False, command: str | None = None):
+        from ..models import detect_family
+
+        self.checkpoint = Path(checkpoint)
+        self.family = detect_family(self.checkpoint)  # a bad checkpoint fails before the run folder exists
+        self.recipe = recipe
+        self.hooks = hooks or Hooks()
+        self.allow_pickle = allow_pickle
+        self.run_ = Run(out, self.hooks)
+        m = self.run_.manifest
+        m["recipe"] = {"name": recipe.name, "source": recipe.source, "config": recipe.to_dict()}
+        m["checkpoint"] = {"path": str(self.checkpoint), "family": self.family,
+                           "files": hash_checkpoint(self.checkpoint, (m.get("checkpoint") or {}).get("files"))}
+        m["command"] = command
+        self.ckpt_key = {k: v["sha256"] for k, v in m["checkpoint"]["files"].items()}
+        self._vla = None
+        self._observations: dict[str, list] = {}
+
+    # --- shared inputs -------------------------------------------------------------------------
+    def baseline_vla(self):
+        from ..models import load_vla
+
+        if self._vla is None:
+            self._vla = load_vla(self.checkpoint, allow_pickle=self.allow_pickle)
+        return self._vla
+
+    def observations(self, which: str) -> list[dict]:
+        """Calibration or validation observations sampled from the calibration stage's episodes."""
+        from ..passes.calibration import observations_from_lerobot
+
+        if which not in self._observations:
+            cal = self.recipe.calibration
+            n = cal["samples"] if which == "calibration" else cal["validation_samples"]
+            root = self.run_.stage_dir("calibration-data") / which
+            self._observations[which] = observations_from_lerobot(root, n, cal["seed"])
+        return self._observations[which]
+
+    # --- stages --------------------------------------------------------------------------------
+    def _stage_checkpoint(self) -> dict:
+        def fn(work: Path) -> dict:
+            from ..passes.runner import measure
+
+            vla = self.baseline_vla()
+            return {"family": self.family, "head": vla.action_spec.head,
+                    "action_spec": vla.action_spec.to_dict(), "tokens": vla.token_counts().to_dict(),
+                    "counts": measure(vla)}
+
+        return self.run_.stage("checkpoint", "inspect the checkpoint", {"checkpoint": self.ckpt_key}, fn)
+
+    def _stage_calibration(self) -> dict:
+        cal, ev = self.recipe.calibration, self.recipe.evaluation
+
+        def fn(work: Path) -> dict:
+            from ..data.collect import collect
+            from ..evaluate.suites import get_suite
+
+            tasks = tuple(get_suite(ev["suite"], ev["tasks"]).tasks)
+            out = {}
+            for which, start in (("calibration", CALIBRATION_INDEX), ("validation", VALIDATION_INDEX)):
+                self.hooks.say(f"collecting {cal['episodes_per_task']} expert episode(s) per task for {which}")
+                collect(work / which, tasks, cal["episodes_per_task"], workers=max(1, ev["workers"]),
+                        start_index=start)
+                out[which] = {"path": which, "tasks": list(tasks), "episodes_per_task": cal["episodes_per_task"],
+                              "first_demo_index": start}
+            return out
+
+        material = {"calibration": cal, "suite": ev["suite"], "tasks": ev["tasks"]}
+        return self.run_.stage("calibration-data", "collect calibration/validation episodes (scripted experts)",
+                               material, fn)
+
+    def _eval_material(self) -> dict:
+        ev = self.recipe.evaluation
+        return {k: ev[k] for k in ("suite", "tasks", "episodes", "max_steps")}
+
+    def _evaluate(self, name: str, spec: Any) -> dict:
+        from ..evaluate.rollout import evaluate
+
+        ev = self.recipe.evaluation
+        succ = [0]
+
+        def on_episode(r, done, total):
+            succ[0] += r.success
+            self.hooks.episodes(name, done, total, succ[0])
+
+        extra = {"max_steps": ev["max_steps"]} if ev["max_steps"] else {}
+        return evaluate(spec, ev["suite"], ev["tasks"], ev["episodes"], ev["workers"],
+                        threads_per_worker=ev["threads_per_worker"], on_episode=on_episode, **extra)
+
+    def _stage_eval(self, variant: str, runtime: str, path: Path, upstream: str) -> dict:
+        from ..evaluate.rollout import PolicySpec
+
+        def fn(work: Path) -> dict:
+            spec = PolicySpec(runtime, str(path.resolve()), {"threads": 1} if runtime != "torch" else {})
+            return self._evaluate(variant, spec)
+
+        return self.run_.stage(f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})",
+                               {"variant": upstream, "runtime": runtime, "evaluation": self._eval_material()}, fn)
+
+    def _stage_passes(self, cal_key: str) -> dict:
+        from ..passes.base import TEACHER
+
+        def fn(work: Path) -> dict:
+            from ..models import load_vla
+            from ..passes.base import PassContext
+            from ..passes.calibration import calibration_dataset
+            from ..passes.runner import apply_passes
+
+            vla = load_vla(self.checkpoint, allow_pickle=self.allow_pickle)  # a fresh copy: passes work in place
+            teacher = self.baseline_vla() if any(TEACHER in p.needs() for p in self.recipe.passes) else None
+            ctx = PassContext(calibration=calibration_dataset(vla, self.observations("calibration")),
+                              teacher=teacher, seed=self.recipe.calibration["seed"])
+            vla = apply_passes(vla, self.recipe.passes, ctx)
+            vla.save_pretrained(work / "checkpoint")
+            reload = load_vla(work / "checkpoint")
+            check = compare_models(vla, reload, self.observations("validation"))
+            if check["max_abs"] > 1e-5:
+                raise ConfigError(f"the compressed checkpoint does not reload faithfully (max abs difference "
+                                  f"{check['max_abs']:.2e} between the saved and the in-memory model)")
+            vs_baseline = compare_models(self.baseline_vla(), reload, self.observations("validation"))
+            return {"checkpoint": "checkpoint", "log": vla.compression_log, "reload": check,
+                    "vs_baseline": vs_baseline}
+
+        material = {"checkpoint": self.ckpt_key, "passes": [p.to_dict() for p in self.recipe.passes],
+                    "calibration": cal_key}
+        return self.run_.stage("passes", f"apply {len(self.recipe.passes)} pass(es)", material, fn)
+
+    def _stage_export(self, cfg: Any, source_path: Path, source_key: str, cal_key: str) -> dict:
+        name = export_variant_name(cfg)
+
+        def fn(work: Path) -> dict:
+            from ..export.registry import get_exporter
+            from ..models import load_vla
+
+            vla = load_vla(source_path, allow_pickle=self.allow_pickle)
+            exporter = get_exporter(cfg.format)
+            kwargs: dict[str, Any] = {}
+            params = inspect.signature(exporter.export).parameters
+            if "calibration" in params:
+                kwargs["calibration"] = self.observations("calibration")
+            if "source" in params:
+                kwargs["source"] = source_path
+            art = exporter.export(vla, cfg, work / "artifact", **kwargs)
+            report = exporter.validate(art, vla, self.observations("validation"))
+            return {"artifact": "artifact", "format": cfg.format, "precision": cfg.precision, "status": art.status,
+                    "parity": report.to_dict(), "files": art.files}
+
+        return self.run_.stage(f"export-{name}", f"export {name} and validate parity",
+                               {"source": source_key, "export": cfg.to_dict(), "calibration": cal_key}, fn)
+
+    def _stage_profile(self, variants: dict[str, dict]) -> dict:
+        prof, tgt = self.recipe.profiling, self.recipe.target
+
+        def fn(work: Path) -> dict:
+            return profile_variants(variants, self.observations("validation"), tgt, prof, self.hooks)
+
+        material = {"variants": {k: v["key"] for k, v in variants.items()}, "profiling": prof, "target": tgt}
+        return self.run_.stage("profile", "measure latency here (side by side) and estimate on the target",
+                               material, fn)
+
+    # --- the whole run -------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Run (or resume) every stage; returns the manifest (with `verdict`)."""
+        from ..evaluate.rollout import PolicySpec  # noqa: F401  (fail early if the simulator stack is broken)
+
+        t0 = time.perf_counter()
+        m = self.run_.manifest
+        m["status"] = "running"
+        self.run_.save()
+        info = self._stage_checkpoint()
+        self._stage_calibration()
+        cal_key = self.run_.stage_key("calibration-data")
+        ckpt_path = self.checkpoint
+        variants: dict[str, dict] = {"baseline": {"kind": "checkpoint", "runtime": "torch", "path": str(ckpt_path),
+                                                  "key": self.run_.stage_key("checkpoint"), "source": str(ckpt_path)}}
+        source_path, source_key = ckpt_path, self.run_.stage_key("checkpoint")
+        if self.recipe.passes:
+            res = self._stage_passes(cal_key)
+            source_path = self.run_.stage_dir("passes") / res["checkpoint"]
+            source_key = self.run_.stage_key("passes")
+            variants["compressed"] = {"kind": "checkpoint", "runtime": "torch", "path": str(source_path),
+                                      "key": source_key, "source": str(source_path), "passes": res["log"],
+                                      "parity": res["vs_baseline"]}
+        for cfg in self.recipe.exports:
+            name = export_variant_name(cfg)
+            try:
+                res = self._stage_export(cfg, source_path, source_key, cal_key)
+                variants[name] = {"kind": "artifact", "format": cfg.format, "precision": cfg.precision,
+                                  "runtime": EXPORT_RUNTIMES[cfg.format],
+                                  "path": str(self.run_.stage_dir(f"export-{name}") / res["artifact"]),
+                                  "key": self.run_.stage_key(f"export-{name}"), "source": str(source_path),
+                                  "status": res["status"], "parity": res["parity"], "files": res["files"]}
+            except ConfigError as e:  # e.g. the runtime's package is missing here: recorded, not fatal
+                variants[name] = {"kind": "artifact", "format": cfg.format, "precision": cfg.precision,
+                                  "runtime": EXPORT_RUNTIMES[cfg.format], "status": "error", "error": str(e),
+                                  "key": None, "source": str(source_path)}
+        # every runnable variant in the closed loop, same tasks and seeds
+        evals = {}
+        for name, v in variants.items():
+            if v.get("status") in ("failed", "error"):
+                v["eval_skipped"] = f"not evaluated: artifact {v['status']}"
+                continue
+            missing = runtime_missing(v["runtime"])
+            if missing:
+                v["eval_skipped"] = missing
+                continue
+            evals[name] = self._stage_eval(name, v["runtime"], Path(v["path"]), v["key"])
+        prof = self._stage_profile({k: v for k, v in variants.items() if k in evals or k == "baseline"})
+        m["variants"] = variants
+        m["evaluations"] = {k: _eval_summary(r) for k, r in evals.items()}
+        m["profile"] = prof
+        m["checkpoint"]["info"] = info
+        m["verdict"] = decide(self.recipe, variants, evals, prof)
+        m["status"] = "finished"
+        m["wall_s_this_invocation"] = round(time.perf_counter() - t0, 1)
+        self.run_.save()
+        from ..report.html import write_report
+
+        write_report(self.run_.root)
+        return m
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+def runtime_missing(runtime: str) -> str | None:
+    """Why `runtime` cannot run here (its package does not import), or None."""
+    import importlib
+
+    module = {"onnx": "onnxruntime", "llama.cpp": "llama_cpp", "tensorrt": "tensorrt"}.get(runtime)
+    if module is None:
+        return None
+    try:
+        importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001  (an ImportError or a broken native library)
+        return f"not evaluated here: the {runtime} runtime is not available on this machine ({module}: {e})"
+    return None
+
+
+def compare_models(a: Any, b: Any, observations: list[dict]) -> dict:
+    """Action-chunk difference of two torch models on the same observations (normalised units)."""
+    import numpy as np
+    import torch
+
+    diffs, l1 = [], []
+    with torch.inference_mode():
+        for obs in observations:
+            ya = np.asarray(a.predict_chunk(a.preprocess([obs])), dtype=np.float64)
+            yb = np.asarray(b.predict_chunk(b.preprocess([obs])), dtype=np.float64)
+            diffs.append(np.abs(ya - yb).max())
+            l1.append(np.abs(ya - yb).mean())
+    return {"max_abs": float(max(diffs)), "action_l1": float(np.mean(l1)), "observations": len(observations)}
+
+
+def _eval_summary(r: dict) -> dict:
+    return {k: r[k] for k in ("suite", "episodes_per_task", "mean_success", "pooled", "per_task", "latency_ms",
+                              "wall_s", "episodes")}
+
+
+def profile_variants(variants: dict[str, dict], observations: list[dict], target: dict, prof: dict,
+                     hooks: Hooks) -> dict:
+    """Measure every variant here, one after another in this process (ratios are side by side), and
+    estimate the torch model behind each on the target device at its deployment precision."""
+    from ..evaluate.rollout import PolicySpec
+    from ..profile.measure import measure_policy
+    from ..profile.runner import profile_targets
+
+    out: dict[str, Any] = {"target": target, "measured": {}, "estimated": {}}
+    for name, v in variants.items():
+        hooks.say(f"measuring {name} here ({prof['warmup']} warm-up + {prof['steps']} steps)")
+        opts = {"threads": prof["threads"] or 1} if v["runtime"] != "torch" else {}
+        policy = PolicySpec(v["runtime"], v["path"], opts).build()
+        if v["runtime"] == "torch" and prof["threads"]:
+            import torch
+
+            torch.set_num_threads(prof["threads"])
+        out["measured"][name] = measure_policy(policy, observations, prof["steps"], prof["warmup"]).to_dict()
+        del policy
+    for name, v in variants.items():
+        precision = target["precision"] if name != "baseline" else None
+        hooks.say(f"estimating {name} on {target['hardware']}")
+        res = profile_targets([v["source"]], [target["hardware"]], [precision] if precision else [],
+                              runtime=target["runtime"], power_mode=target.get("power_mode"), measure=False)
+        rows = [r for r in res["rows"] if r["kind"] == "estimated"]
+        trace = res["targets"][0].get("trace") if res["targets"] else None
+        out["estimated"][name] = {"rows": rows, "trace": trace}
+    base = out["measured"].get("baseline", {}).get("latency_ms", {}).get("p50")
+    for name, mm in out["measured"].items():
+        mm["speedup_vs_baseline"] = base / mm["latency_ms"]["p50"] if base else None
+    return out
+
+
+def _target_estimate(prof: dict, name: str) -> dict | None:
+    rows = [r for r in (prof.get("estimated", {}).get(name) or {}).get("rows", []) if not r.get("error")]
+    return rows[0] if rows else None
+
+
+def decide(recipe: Recipe, variants: dict, evals: dict, prof: dict) -> dict:
+    """Gate every evaluated variant; the run's verdict is the deployed variant's."""
+    from ..evaluate.gate import gate, pair_outcomes
+
+    bud = recipe.budgets
+    n_tasks = len(evals["baseline"]["per_task"]) if "baseline" in evals else 1
+    gates = {}
+    for name, r in evals.items():
+        if name == "baseline":
+            continue
+        g = gate(pair_outcomes(evals["baseline"]["episodes"], r["episodes"]), bud["max_success_drop"],
+                 bud["confidence"], n_tasks)
+        gates[name] = g.to_dict()
+    deploy = recipe.deploy
+    reasons, verdict = [], "pass"
+    v = variants.get(deploy)
+    if v is None:
+        return {"deploy": deploy, "verdict": "fail", "reasons": [f"variant {deploy!r} was not produced"],
+                "gates": gates, "exit_code": EXIT["fail"]}
+    if v.get("status") in ("failed", "error"):
+        verdict = "fail"
+        reasons.append(f"{deploy}: artifact {v['status']}" + (f" ({v.get('error')})" if v.get("error") else
+                                                              f" parity: {'; '.join(v['parity'].get('failures', []))}"))
+    if deploy != "baseline":
+        g = gates.get(deploy)
+        if g is None:
+            verdict = "fail" if verdict == "fail" else "inconclusive"
+            reasons.append(f"{deploy}: no closed-loop success measured ({v.get('eval_skipped', 'not evaluated')})")
+        else:
+            if g["verdict"] == "fail":
+                verdict = "fail"
+            elif g["verdict"] == "inconclusive" and verdict == "pass":
+                verdict = "inconclusive"
+            reasons.append(f"{deploy}: {g['message']}")
+    est = _target_estimate(prof, deploy)
+    tgt = recipe.target
+    if est is not None:
+        lat, hz = est["p50_ms"], est["control_hz"]
+        if bud["max_latency_ms"] is not None:
+            ok = lat <= bud["max_latency_ms"]
+            reasons.append(f"estimated latency on {tgt['hardware']} ({tgt['runtime']}, {tgt['precision']}): "
+                           f"{lat:.1f} ms {'<=' if ok else '>'} budget {bud['max_latency_ms']} ms")
+            verdict = verdict if ok else "fail"
+        if bud["min_control_hz"] is not None:
+            ok = hz >= bud["min_control_hz"]
+            reasons.append(f"estimated control rate on {tgt['hardware']}: {hz:.0f} Hz {'>=' if ok else '<'} "
+                           f"required {bud['min_control_hz']} Hz")
+            verdict = verdict if ok else "fail"
+        if est.get("fits") is False:
+            verdict = "fail"
+            reasons.append(f"does not fit in {tgt['hardware']}'s memory (estimated)")
+    elif bud["max_latency_ms"] is not None or bud["min_control_hz"] is not None:
+        reasons.append(f"no latency estimate for {deploy} on {tgt['hardware']}: latency budget not checked")
+        verdict = "fail" if verdict == "fail" else "inconclusive"
+    return {"deploy": deploy, "verdict": verdict, "reasons": reasons, "gates": gates,
+            "target_estimate": est, "exit_code": EXIT[verdict]}
