@@ -33,6 +33,15 @@ def _load_openvla(path: Path, **kw: Any):
 register_family("openvla", lambda c: c.get("model_type") == "openvla", _load_openvla)
 
 
+def _load_smolvla(path: Path, **kw: Any):
+    from .smolvla import load_smolvla
+
+    return load_smolvla(path, **kw)  # LeRobot's layout; the VLM's config/tokenizer found locally
+
+
+register_family("smolvla", lambda c: c.get("type") == "smolvla", _load_smolvla)
+
+
 def detect_family(path: str | Path) -> str:
     from ..fileio import read_json
 
