@@ -185,6 +185,9 @@ main.add_command(hardware)
 from .profile_cmd import profile  # noqa: E402
 main.add_command(profile)
 
+from .export_cmd import export  # noqa: E402
+main.add_command(export)
+
 from .pipeline_cmd import compress, demo, recipes, report  # noqa: E402
 for _cmd in (compress, demo, report, recipes):
     main.add_command(_cmd)

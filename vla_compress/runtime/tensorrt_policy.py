@@ -212,9 +212,9 @@ class TensorRTGraphs(OnnxGraphs):
     """OnnxGraphs' driving loop over TensorRT engines instead of ONNX Runtime sessions."""
 
     def __init__(self, artifact, device: int = 0):
+        check_engine_info(artifact.path, device)  # first: the clearest error when no engine/TensorRT is here
         import tensorrt as trt
 
-        check_engine_info(artifact.path, device)
         self.artifact = artifact
         self.meta = artifact.manifest["model"]
         self.providers = ["TensorRT"]

@@ -33,13 +33,14 @@ def build_plan(config: TensorRTExportConfig, graphs: dict[str, dict], qdq_types:
         "workspace_mib": config.workspace_mib, "optimization_level": config.optimization_level,
         "timing_cache": TIMING_CACHE,
         "min_compute_capability": list(FP8_MIN_COMPUTE_CAPABILITY) if "FP8" in flags else None,
-        "graphs": {name: {"onnx": g["onnx"], "engine": f"{name}.engine", "profile": g["profile"]}
-                   for name, g in graphs.items()},
+        # "inputs" keeps the graph's input order (the JSON file is written with sorted keys)
+        "graphs": {name: {"onnx": g["onnx"], "engine": f"{name}.engine", "inputs": list(g["profile"]),
+                          "profile": g["profile"]} for name, g in graphs.items()},
     }
 
 
-def _shapes(profile: dict, key: str) -> str:
-    return ",".join(f"{name}:{'x'.join(str(d) for d in s[key])}" for name, s in profile.items())
+def _shapes(graph: dict, key: str) -> str:
+    return ",".join(f"{name}:{'x'.join(str(d) for d in graph['profile'][name][key])}" for name in graph["inputs"])
 
 
 def trtexec_command(plan: dict, graph: str) -> list[str]:
@@ -47,8 +48,8 @@ def trtexec_command(plan: dict, graph: str) -> list[str]:
     g = plan["graphs"][graph]
     cmd = ["trtexec", f"--onnx={g['onnx']}", f"--saveEngine={g['engine']}"]
     if g["profile"]:
-        cmd += [f"--minShapes={_shapes(g['profile'], 'min')}", f"--optShapes={_shapes(g['profile'], 'opt')}",
-                f"--maxShapes={_shapes(g['profile'], 'max')}"]
+        cmd += [f"--minShapes={_shapes(g, 'min')}", f"--optShapes={_shapes(g, 'opt')}",
+                f"--maxShapes={_shapes(g, 'max')}"]
     cmd += [f"--{flag.lower()}" for flag in plan["flags"]]
     if not plan["tf32"]:
         cmd.append("--noTF32")
