@@ -40,6 +40,13 @@ def _onnx() -> "Exporter":
     return OnnxExporter()
 
 
+@register_exporter("gguf")
+def _gguf() -> "Exporter":
+    from .gguf.exporter import GgufExporter
+
+    return GgufExporter()
+
+
 @register_exporter("tensorrt")
 def _tensorrt() -> "Exporter":
     from .tensorrt.exporter import TensorRTExporter

@@ -2,7 +2,7 @@
 it on device profiles, optionally calibrate, and return one JSON-ready result (the CLI renders it).
 
 A target is a checkpoint directory (run in torch), an exported artifact directory (run in its
-runtime; ONNX for now) or `preset:NAME`: a model of that shape built on the meta device, which is
+runtime: ONNX Runtime or llama.cpp) or `preset:NAME`: a model of that shape built on the meta device, which is
 estimated only (nothing is allocated, so OpenVLA-7B-sized presets cost nothing here).
 """
 
@@ -20,7 +20,11 @@ PRESET_PREFIX = "preset:"
 FAMILY_PRESETS = {"openvla-7b": "OpenVLA", "openvla-7b-oft": "OpenVLAOFT"}
 # Artifact precision -> estimator precision
 ARTIFACT_PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8",
-                       "int4-weight": "w4a16"}
+                       "int4-weight": "w4a16",
+                       # GGUF (llama.cpp file types): q8_0 runs q8 x q8 dot products, 4-bit types store int4
+                       "f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_k_m": "int4", "q4_0": "int4"}
+# Artifact format -> (runtime registry name that runs it, runtime name in hardware profiles)
+ARTIFACT_RUNTIMES = {"onnx": ("onnx", "onnxruntime"), "gguf": ("llama.cpp", "llama.cpp")}
 
 
 def preset_names() -> list[str]:
@@ -102,16 +106,18 @@ def resolve_target(spec: str, allow_pickle: bool = False, threads: int | None = 
         from ..export.artifact import Artifact
 
         art = Artifact.load(path)
-        if art.format != "onnx":
-            raise ConfigError(f"{path}: profiling runs ONNX artifacts for now; this one is {art.format!r}")
+        if art.format not in ARTIFACT_RUNTIMES:
+            raise ConfigError(f"{path}: profiling runs {', '.join(ARTIFACT_RUNTIMES)} artifacts; this one is "
+                              f"{art.format!r}")
         vla, note = _artifact_model(art)
+        policy_runtime, runtime = ARTIFACT_RUNTIMES[art.format]
 
         def make():
-            from ..runtime.onnxruntime_policy import OnnxRuntimePolicy
+            from ..evaluate.rollout import PolicySpec
 
-            return OnnxRuntimePolicy(path, threads=threads or 1)
+            return PolicySpec(policy_runtime, str(path), {"threads": threads or 1}).build()
 
-        return Target(spec, "artifact", vla=vla, make_policy=make, precision=art.precision, runtime="onnxruntime",
+        return Target(spec, "artifact", vla=vla, make_policy=make, precision=art.precision, runtime=runtime,
                       estimate_precision=ARTIFACT_PRECISIONS.get(art.precision), notes=[note] if note else [])
     if (path / "config.json").is_file():
         from ..models import load_vla

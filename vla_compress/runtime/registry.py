@@ -42,6 +42,18 @@ def _onnx(spec):
                              verify=o.get("verify", False), name=o.get("name", "onnx"))
 
 
+@register_runtime("llama.cpp")
+def _llamacpp(spec):
+    from .llamacpp_policy import LlamaCppPolicy
+
+    o = spec.options
+    return LlamaCppPolicy(spec.path, threads=o.get("threads", 1), kv_cache=o.get("kv_cache"),
+                          gpu_layers=o.get("gpu_layers", 0), flash_attn=o.get("flash_attn"),
+                          execute_steps=o.get("execute_steps"),
+                          allow_failed=o.get("allow_failed", False), verify=o.get("verify", False),
+                          name=o.get("name", "llama.cpp"))
+
+
 @register_runtime("tensorrt")
 def _tensorrt(spec):
     from .tensorrt_policy import TensorRTPolicy
