@@ -125,6 +125,14 @@ def _reference() -> ExportFamily:
                         _reference_head_meta, _reference_examples)
 
 
+@register_export_family("smolvla")
+def _smolvla() -> ExportFamily:
+    # importing the family's export module also registers its ONNX graph ("policy_step")
+    from ..models.smolvla.export_smolvla import smolvla_export_family
+
+    return smolvla_export_family()
+
+
 def weights_fingerprint(module: Any) -> str:
     """sha256 over every state-dict tensor's name, dtype, shape and bytes: identifies the exact
     weights an artifact came from (an export reusing a base, a validation against a model)."""

@@ -16,8 +16,10 @@ from typing import Any, Callable
 from ..errors import ConfigError, VLACompressError
 
 PRESET_PREFIX = "preset:"
-# Presets of other families (the reference presets come from configuration_reference.PRESETS).
-FAMILY_PRESETS = {"openvla-7b": "OpenVLA", "openvla-7b-oft": "OpenVLAOFT"}
+# Presets of other families (the reference presets come from configuration_reference.PRESETS):
+# name -> "<models subpackage>:<adapter class>", whose realistic() builds it.
+FAMILY_PRESETS = {"openvla-7b": "openvla:OpenVLA", "openvla-7b-oft": "openvla:OpenVLAOFT",
+                  "smolvla-450m": "smolvla:SmolVLA"}
 # Artifact precision -> estimator precision
 ARTIFACT_PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8",
                        "int4-weight": "w4a16",
@@ -54,9 +56,10 @@ def build_preset(name: str):
     from ..models.reference.configuration_reference import PRESETS
 
     if name in FAMILY_PRESETS:
-        from ..models import openvla
+        import importlib
 
-        return getattr(openvla, FAMILY_PRESETS[name]).realistic(device="meta")
+        package, cls = FAMILY_PRESETS[name].split(":")
+        return getattr(importlib.import_module(f"..models.{package}", __package__), cls).realistic(device="meta")
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
     with torch.device("meta"):
