@@ -221,3 +221,20 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="build_engine"):
         TensorRTExportConfig(build_engine="sometimes")
     assert TensorRTExportConfig.from_dict(TensorRTExportConfig(precision="int8").to_dict()).precision == "int8"
+
+
+def test_readiness_command(onnx_fp32, onnx_quantized, tmp_path):
+    """`python -m vla_compress.export.tensorrt PATH...`: exit 0 when ready, 1 with the offending ops, 2 on bad input."""
+    import subprocess
+    import sys
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "vla_compress.export.tensorrt", *map(str, args)],
+                              capture_output=True, text=True, timeout=120)
+
+    ok = run(onnx_fp32["regression"].path)
+    assert ok.returncode == 0 and "TensorRT-ready for fp16" in ok.stdout and not ok.stderr
+    bad = run(onnx_fp32["tokens"].path, onnx_quantized["regression", "int4-weight"].path)
+    assert bad.returncode == 1 and "decode.onnx: TensorRT-ready" in bad.stdout
+    assert "com.microsoft.MatMulNBits x" in bad.stdout
+    assert run(tmp_path).returncode == 2 and "no .onnx files" in run(tmp_path).stdout

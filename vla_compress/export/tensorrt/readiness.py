@@ -231,3 +231,34 @@ def _check_precision(report: ReadinessReport) -> None:
     mixed = [k for k in ("int8", "fp8", "int4") if q.get(k) and k != p]
     if p in ("int8", "fp8") and mixed:
         report.warnings.append(f"the graph also carries {'/'.join(mixed)} Q/DQ; the builder flags for them are set too")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m vla_compress.export.tensorrt PATH [--precision P]...`: check ONNX files or
+    every graph of artifact directories; prints one summary per graph, exit 1 if any is not ready."""
+    import argparse
+
+    from ...errors import VLACompressError
+
+    ap = argparse.ArgumentParser(prog="python -m vla_compress.export.tensorrt",
+                                 description="Check ONNX graphs against TensorRT 10's ONNX operator support.")
+    ap.add_argument("paths", nargs="+", type=Path, help=".onnx files or artifact directories")
+    ap.add_argument("--precision", choices=("fp32", "fp16", "int8", "fp8"),
+                    help="engine precision (default: inferred from the graph's Q/DQ)")
+    args = ap.parse_args(argv)
+    ready = True
+    try:
+        for path in args.paths:
+            files = sorted(path.glob("*.onnx")) if path.is_dir() else [path]
+            if not files:
+                raise ExportError(path, "no .onnx files in this directory")
+            for f in files:
+                report = check_graph(f, args.precision)
+                ready &= report.ok
+                print(f"{path}: {report.summary()}")
+                for w in report.warnings:
+                    print(f"  warning: {w}")
+    except VLACompressError as e:
+        print(f"error: {e}")
+        return 2
+    return 0 if ready else 1
