@@ -167,3 +167,143 @@ def test_eval_dim():
         eval_dim("seq", {"batch": 1})
     with pytest.raises(ConfigError, match="unsupported expression"):
         eval_dim("__import__('os')", {})
+
+
+class _FakeTensorRT:
+    """A stand-in for the `tensorrt` module with TensorRT 10's Python API names, recording what the
+    builder is asked to do. It checks build_engine.py's orchestration (which flags, which profile
+    shapes, which files), not TensorRT: the engine tests do that where TensorRT runs."""
+
+    __version__ = "10.3.0"
+
+    class Logger:
+        WARNING, VERBOSE = 1, 0
+
+        def __init__(self, level):
+            self.level = level
+
+    class BuilderFlag:
+        FP16, INT8, FP8, INT4, TF32 = "FP16", "INT8", "FP8", "INT4", "TF32"
+
+    class MemoryPoolType:
+        WORKSPACE = "WORKSPACE"
+
+    def __init__(self):
+        self.calls: list = []
+        fake = self
+
+        class Network:
+            def __init__(self):
+                self.inputs = []
+
+            @property
+            def num_inputs(self):
+                return len(self.inputs)
+
+            def get_input(self, i):
+                from types import SimpleNamespace
+
+                return SimpleNamespace(name=self.inputs[i])
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                self.network = network
+
+            def parse_from_file(self, path):
+                import onnx
+
+                self.network.inputs = [v.name for v in onnx.load(path, load_external_data=False).graph.input]
+                fake.calls.append(("parse", path))
+                return True
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                fake.calls.append(("shape", name, list(lo), list(opt), list(hi)))
+
+        class Config:
+            builder_optimization_level = None
+
+            def set_memory_pool_limit(self, pool, size):
+                fake.calls.append(("pool", pool, size))
+
+            def set_flag(self, flag):
+                fake.calls.append(("flag", flag))
+
+            def clear_flag(self, flag):
+                fake.calls.append(("clear", flag))
+
+            def add_optimization_profile(self, profile):
+                fake.calls.append(("profile", self.builder_optimization_level))
+
+            def create_timing_cache(self, data):
+                fake.calls.append(("cache-in", bytes(data)))
+                return data
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                pass
+
+            def get_timing_cache(self):
+                from types import SimpleNamespace
+
+                return SimpleNamespace(serialize=lambda: b"timing")
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"engine:" + ",".join(network.inputs).encode()
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def _fake_build(monkeypatch, art, compute_capability="8.7"):
+    from vla_compress.export.tensorrt import build_engine
+
+    fake = _FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(build_engine, "cuda_device", lambda index=0: {
+        "index": index, "name": "Orin (test double)", "compute_capability": compute_capability, "cuda_driver": "12.6"})
+    plan = json.loads((art.path / "build_plan.json").read_text())
+    return fake, plan, build_engine
+
+
+@pytest.mark.parametrize("head,precision", [("regression", "int8"), ("tokens", "fp16"), ("regression", "fp32")])
+def test_build_engines_drives_the_builder_as_planned(trt_artifacts, tmp_path, monkeypatch, head, precision):
+    import shutil
+
+    root = tmp_path / "art"
+    shutil.copytree(trt_artifacts[head, precision].path, root)
+    fake, plan, build_engine = _fake_build(monkeypatch, Artifact.load(root))
+    info = build_engine.build_engines(plan, root, log=lambda m: None)
+    for name, g in plan["graphs"].items():
+        assert (root / g["engine"]).read_bytes() == b"engine:" + ",".join(g["inputs"]).encode()
+        shapes = {c[1]: list(c[2:]) for c in fake.calls if c[0] == "shape" and c[1] in g["profile"]}
+        assert shapes == {i: [g["profile"][i][k] for k in ("min", "opt", "max")] for i in g["inputs"]}
+    flags = [c[1] for c in fake.calls if c[0] == "flag"]
+    assert flags == plan["flags"] * len(plan["graphs"])
+    assert (("clear", "TF32") in fake.calls) == (precision == "fp32")
+    assert ("pool", "WORKSPACE", 2048 << 20) in fake.calls and ("profile", 3) in fake.calls
+    assert (root / "timing.cache").read_bytes() == b"timing"
+    assert [c[1] for c in fake.calls if c[0] == "cache-in"][-1] == (b"timing" if len(plan["graphs"]) > 1 else b"")
+    on_disk = json.loads((root / "engine_info.json").read_text())
+    assert on_disk == info and info["device"]["compute_capability"] == "8.7" and info["tensorrt"] == "10.3.0"
+    m = json.loads((root / "artifact.json").read_text())
+    assert m["engine"] == info and "engine_note" not in m
+
+
+def test_fp8_needs_compute_capability_8_9(trt_artifacts, tmp_path, monkeypatch):
+    _, plan, build_engine = _fake_build(monkeypatch, trt_artifacts["regression", "fp8"], compute_capability="8.7")
+    with pytest.raises(build_engine.BuildError, match=r"fp8 engines need compute capability >= 8.9; .* is 8.7"):
+        build_engine.build_engines(plan, tmp_path)
