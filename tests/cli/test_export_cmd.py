@@ -141,3 +141,13 @@ def test_export_with_dataset(exported, tiny_checkpoints, tmp_path):
     assert result.exit_code == 0, result.output
     assert "held-out episodes" in result.output
     assert Artifact.load(out).manifest["parity"]["n_observations"] == 3
+
+
+def test_default_precision_is_the_formats_own():
+    from vla_compress.cli.export_cmd import build_configs
+    from vla_compress.export.registry import get_exporter
+
+    assert [c.precision for c in build_configs(get_exporter("onnx"), (), (), ())] == ["fp32"]
+    (trt,) = build_configs(get_exporter("tensorrt"), (), ("max_batch=2", "build_engine=never"), ("max_action_l1=0.02",))
+    assert trt.precision == "fp16" and trt.max_batch == 2 and trt.build_engine == "never"
+    assert trt.tolerance_for("regression").max_action_l1 == 0.02

@@ -22,7 +22,7 @@ _PARITY_COLS = ("max abs", "cosine", "action L1", "tokens")
 @click.option("--format", "-f", "fmt", required=True, help="Export format: onnx, tensorrt, gguf (any registered exporter).")
 @click.option("--precision", "-p", "precisions", multiple=True,
               help="Precision(s) of the format (repeatable), e.g. onnx: fp32, int8-dynamic, int8-static, int4-weight; "
-                   "tensorrt: fp32, fp16, int8, fp8. Default: the format's first.")
+                   "tensorrt: fp32, fp16, int8, fp8. Default: the format's own (onnx fp32, tensorrt fp16).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Artifact directory; with several precisions, the parent of one <format>-<precision> directory each.")
 @click.option("--dataset", type=click.Path(path_type=Path),
@@ -98,6 +98,8 @@ def export(checkpoint: Path, fmt: str, precisions: tuple[str, ...], out: Path, d
 def build_configs(exporter: Any, precisions: tuple[str, ...], options: tuple[str, ...],
                   tolerances: tuple[str, ...]) -> list:
     """One validated config per precision (unknown precisions/keys raise ConfigError naming the known ones)."""
+    import dataclasses
+
     from ..errors import ConfigError
 
     cls = exporter.config_cls
@@ -105,7 +107,8 @@ def build_configs(exporter: Any, precisions: tuple[str, ...], options: tuple[str
     tolerance = _pairs(tolerances, "--tolerance") or None
     if "precision" in fields or "tolerance" in fields:
         raise ConfigError("set precision with --precision and tolerances with --tolerance, not --option")
-    chosen = list(dict.fromkeys(precisions)) or [cls.PRECISIONS[0]]
+    default = next(f.default for f in dataclasses.fields(cls) if f.name == "precision")
+    chosen = list(dict.fromkeys(precisions)) or [default]
     chosen.sort(key=lambda p: p != "fp32")  # fp32 first: an fp32 ONNX graph is the base of the others
     return [cls.from_dict({"format": cls.format, "precision": p, "tolerance": tolerance, **fields}) for p in chosen]
 
