@@ -295,3 +295,37 @@ def test_openvla_llama_goes_through_the_same_writer(tmp_path):
     finally:
         be.close()
     np.testing.assert_allclose(np.stack(got), want, atol=1e-3)
+
+
+def test_validate_without_llama_cpp_is_an_error_not_a_verdict(artifacts, models, obs, tmp_path, monkeypatch):
+    """A machine without llama.cpp cannot judge an artifact: validate raises and leaves the status alone."""
+    import sys
+
+    from vla_compress.export import Artifact, validate
+
+    path = tmp_path / "copy"
+    shutil.copytree(artifacts["regression", "f32"].path, path)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import llama_cpp now raises ImportError
+    with pytest.raises(ExportError, match="llama-cpp-python is not installed"):
+        validate(Artifact.load(path), models["regression"], obs)
+    assert Artifact.load(path).status == "ok"
+
+
+def test_cli_exports_gguf(models, tmp_path):
+    """`vla-compress export -f gguf` on a saved checkpoint: export + validation + summary, exit 0."""
+    import json
+
+    from click.testing import CliRunner
+
+    from vla_compress.cli.main import main
+    from vla_compress.export import Artifact
+
+    ckpt = models["tokens"].save_pretrained(tmp_path / "ckpt")
+    summary = tmp_path / "summary.json"
+    result = CliRunner().invoke(main, ["export", str(ckpt), "-f", "gguf", "-p", "q8_0", "--out", str(tmp_path / "out"),
+                                       "--samples", "3", "--json-out", str(summary)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(summary.read_text())["artifacts"]
+    art = Artifact.load(tmp_path / "out")
+    assert row["precision"] == "q8_0" and row["status"] == art.status == "ok"
+    assert art.manifest["source"]["checkpoint"] == str(ckpt.resolve())

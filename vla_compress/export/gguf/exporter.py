@@ -112,8 +112,10 @@ class GgufExporter(Exporter):
         """Run the artifact (ONNX Runtime + llama.cpp) and torch on the same observations; record the
         report and ok/failed in the manifest. llama.cpp runs one observation at a time (a robot's
         batch), ONNX Runtime the whole batch."""
+        from ...runtime.llamacpp_engine import load_llama_cpp
         from ...runtime.llamacpp_policy import HybridRunner
 
+        load_llama_cpp()  # a machine without llama.cpp cannot judge the artifact: an error, not a "failed" verdict
         if not observations:
             raise ConfigError("validate needs at least one observation")
         if artifact.format != "gguf":
