@@ -180,3 +180,24 @@ def test_parity_compare_flags_each_threshold():
     r = compare("tokens", ref, got, Tolerance(max_abs=1.0, min_cosine=0.5, max_action_l1=0.05, min_token_match=0.5))
     assert not r.passed and len(r.failures) == 4 and r.token_match == 0.0 and r.cosine == pytest.approx(-1.0)
     assert "FAIL" in r.summary()
+
+
+def test_cosine_gate_ignores_near_rest_observations_but_reports_them():
+    """A robot nearly at rest has a tiny action chunk whose direction is all rounding: its cosine is
+    reported, not gated; max abs still applies to it. A large-norm observation is always gated."""
+    import numpy as np
+
+    from vla_compress.export.base import Tolerance
+    from vla_compress.export.parity import compare
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(8, 2, 4))
+    ref[3] *= 0.01  # at rest
+    got = ref.copy()
+    got[3] += rng.normal(scale=0.01, size=(2, 4))  # direction scrambled, absolute error 0.01
+    tol = Tolerance(max_abs=0.05, min_cosine=0.99)
+    r = compare("regression", {"actions": ref}, {"actions": got}, tol)
+    assert r.passed and r.small_norm_observations == 1 and r.cosine_small_norm < 0.9
+    got[5] += 0.3 * rng.normal(size=(2, 4))  # a normal observation that really differs
+    r = compare("regression", {"actions": ref}, {"actions": got}, Tolerance(min_cosine=0.99))
+    assert not r.passed and "cosine" in r.failures[0]

@@ -54,12 +54,16 @@ class _RichHooks:
 
 
 def _run(checkpoint: Path, profile: str, out: Path, overrides: tuple[str, ...], allow_pickle: bool) -> None:
+    import logging
+
     from rich.console import Console
 
     from ..pipeline.recipe import load_recipe
     from ..pipeline.run import Pipeline
 
     console = Console()
+    # torch.onnx lists every torchvision op it skips registering at each export: noise, not news
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     recipe = load_recipe(profile, list(overrides))  # bad recipes fail here, before the run folder exists
     command = " ".join(shlex.quote(a) for a in ["vla-compress", *sys.argv[1:]])
     t0 = time.perf_counter()

@@ -48,6 +48,11 @@ def expert_episode(task: str, seed: int, camera: CameraSpec, max_steps: int = 30
 
 
 def _worker(args: tuple) -> Episode:
+    import warnings
+
+    # gymnasium's passive checker and MetaWorld's experts warn on every step; not actionable here
+    warnings.filterwarnings("ignore", module="gymnasium")
+    warnings.filterwarnings("ignore", module="metaworld")
     task, seed, cam_name, size, max_steps = args
     return expert_episode(task, seed, CameraSpec(cam_name, size), max_steps)
 

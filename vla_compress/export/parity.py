@@ -9,7 +9,11 @@ What is compared (both sides fed the same observations):
   keeps the logit numbers comparable at every step, and its per-step argmax agreement is
   reported (not gated) to tell one early flip from many independent ones.
 Cosine is the minimum over observations of the per-observation cosine, so one bad
-observation cannot hide behind many good ones.
+observation cannot hide behind many good ones -- except observations whose torch output is small
+(norm below SMALL_NORM_FRACTION of the median norm: a robot nearly at rest). There the direction of
+a near-zero vector is dominated by rounding, and a cosine of 0.95 can mean an error of 0.01 in
+absolute terms; those observations are judged by max abs and action L1 only, and their own
+minimum cosine is reported beside (`cosine_small_norm`, `small_norm_observations`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .base import Tolerance
+
+SMALL_NORM_FRACTION = 0.5
 
 
 @dataclass
@@ -37,6 +43,8 @@ class ParityReport:
     passed: bool
     failures: list[str] = field(default_factory=list)
     timing_s: dict = field(default_factory=dict)
+    cosine_small_norm: float | None = None  # min cosine over the small-norm observations (not gated)
+    small_norm_observations: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,13 +56,26 @@ class ParityReport:
                 f"{self.action_l1_mean:.3g} / max {self.action_l1_max:.3g}{tok} -> {verdict}")
 
 
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosines(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-observation cosine of `a` (reference) and `b`, and the reference norms."""
     a = a.reshape(a.shape[0], -1).astype(np.float64)
     b = b.reshape(b.shape[0], -1).astype(np.float64)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     cos = (a * b).sum(1) / np.maximum(na * nb, 1e-30)
-    cos = np.where((na == 0) & (nb == 0), 1.0, cos)  # two zero vectors agree
-    return float(cos.min())
+    return np.where((na == 0) & (nb == 0), 1.0, cos), na  # two zero vectors agree
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float(cosines(a, b)[0].min())
+
+
+def gated_cosine(a: np.ndarray, b: np.ndarray) -> tuple[float, float | None, int]:
+    """(min cosine over normal-norm observations, min over small-norm ones or None, how many small)."""
+    cos, norm = cosines(a, b)
+    small = norm < SMALL_NORM_FRACTION * np.median(norm)
+    if small.all():
+        return float(cos.min()), None, 0
+    return float(cos[~small].min()), (float(cos[small].min()) if small.any() else None), int(small.sum())
 
 
 def compare(head: str, ref: dict, got: dict, tolerance: Tolerance) -> ParityReport:
@@ -74,9 +95,11 @@ def compare(head: str, ref: dict, got: dict, tolerance: Tolerance) -> ParityRepo
         token_match = float((np.asarray(ref["bins"]) == np.asarray(got["bins"])).mean())
         if "bins_teacher_forced" in got:
             forced_match = float((np.asarray(ref["bins"]) == np.asarray(got["bins_teacher_forced"])).mean())
+    cos, cos_small, n_small = gated_cosine(r, g) if key == "actions" else (min_cosine(r, g), None, 0)
     report = ParityReport(
         head=head, compared=key, n_observations=int(r.shape[0]),
-        max_abs=float(diff.max()), mean_abs=float(diff.mean()), cosine=min_cosine(r, g),
+        max_abs=float(diff.max()), mean_abs=float(diff.mean()), cosine=cos,
+        cosine_small_norm=cos_small, small_norm_observations=n_small,
         action_l1_mean=float(act.mean()), action_l1_max=float(act.max()), token_match=token_match,
         token_match_teacher_forced=forced_match,
         tolerance=tolerance.to_dict(), passed=True,

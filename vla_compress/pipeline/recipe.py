@@ -9,7 +9,7 @@ A recipe says where the model goes and what it must still do there:
     passes:  [{pass: int8-dynamic, where: backbone}]          # vla_compress.passes configs, in order
     exports: [{format: onnx, precision: int8-dynamic}]        # vla_compress.export configs
     deploy: onnx-int8-dynamic        # the variant the verdict is about (default: the last export)
-    calibration: {episodes_per_task: 1, samples: 32, validation_samples: 8}
+    calibration: {episodes_per_task: 1, samples: 32, validation_samples: 8}   # dataset: a LeRobot dir to use instead
     evaluation: {suite: metaworld-mt10, tasks: [...], episodes: 10, workers: 2}
     budgets: {max_success_drop: 0.10, confidence: 0.95, max_latency_ms: 50, min_control_hz: 20}
     profiling: {steps: 20, warmup: 3}
@@ -36,7 +36,7 @@ TOP_KEYS = {"name", "description", "target", "passes", "exports", "deploy", "cal
             "budgets", "profiling"}
 SECTION_KEYS = {
     "target": {"hardware", "runtime", "precision", "power_mode"},
-    "calibration": {"episodes_per_task", "samples", "validation_samples", "seed"},
+    "calibration": {"episodes_per_task", "samples", "validation_samples", "seed", "dataset"},
     "evaluation": {"suite", "tasks", "episodes", "workers", "threads_per_worker", "max_steps"},
     "budgets": {"max_success_drop", "confidence", "max_latency_ms", "min_control_hz"},
     "profiling": {"steps", "warmup", "threads"},
@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {
     "passes": [],
     "exports": [],
     "deploy": None,
-    "calibration": {"episodes_per_task": 1, "samples": 32, "validation_samples": 8, "seed": 0},
+    "calibration": {"episodes_per_task": 1, "samples": 32, "validation_samples": 8, "seed": 0, "dataset": None},
     "evaluation": {"suite": "metaworld-mt10", "tasks": None, "episodes": 10, "workers": 2,
                    "threads_per_worker": None, "max_steps": None},
     "budgets": {"max_success_drop": 0.10, "confidence": 0.95, "max_latency_ms": None, "min_control_hz": None},
@@ -268,6 +268,8 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
     if ev["max_steps"] is not None and (not isinstance(ev["max_steps"], int) or ev["max_steps"] < 1):
         fail(("evaluation", "max_steps"), f"must be a positive integer or null (the suite's default), got "
                                           f"{ev['max_steps']!r}")
+    if cal["dataset"] is not None and not (Path(str(cal["dataset"])) / "meta" / "info.json").is_file():
+        fail(("calibration", "dataset"), f"{cal['dataset']!r} is not a LeRobot dataset directory (no meta/info.json)")
     drop = bud["max_success_drop"]
     if not isinstance(drop, (int, float)) or isinstance(drop, bool) or not 0 <= drop < 1:
         fail(("budgets", "max_success_drop"), f"must be a fraction in [0, 1) (0.1 = ten points), got {drop!r}")

@@ -63,9 +63,15 @@ class Pipeline:
         if which not in self._observations:
             cal = self.recipe.calibration
             n = cal["samples"] if which == "calibration" else cal["validation_samples"]
-            root = self.run_.stage_dir("calibration-data") / which
+            root = self.calibration_root() if which == "calibration" else (
+                self.run_.stage_dir("calibration-data") / which)
             self._observations[which] = observations_from_lerobot(root, n, cal["seed"])
         return self._observations[which]
+
+    def calibration_root(self) -> Path:
+        """The LeRobot dataset passes calibrate and train on: the recipe's, else the collected one."""
+        given = self.recipe.calibration.get("dataset")
+        return Path(given) if given else self.run_.stage_dir("calibration-data") / "calibration"
 
     # --- stages --------------------------------------------------------------------------------
     def _stage_checkpoint(self) -> dict:
@@ -88,7 +94,11 @@ class Pipeline:
 
             tasks = tuple(get_suite(ev["suite"], ev["tasks"]).tasks)
             out = {}
-            for which, start in (("calibration", CALIBRATION_INDEX), ("validation", VALIDATION_INDEX)):
+            sets = (("calibration", CALIBRATION_INDEX), ("validation", VALIDATION_INDEX))
+            if cal.get("dataset"):  # the user's dataset calibrates/trains; only validation is collected
+                out["calibration"] = {"path": str(cal["dataset"]), "given": True}
+                sets = sets[1:]
+            for which, start in sets:
                 self.hooks.say(f"collecting {cal['episodes_per_task']} expert episode(s) per task for {which}")
                 collect(work / which, tasks, cal["episodes_per_task"], workers=max(1, ev["workers"]),
                         start_index=start)
@@ -96,7 +106,8 @@ class Pipeline:
                               "first_demo_index": start}
             return out
 
-        material = {"calibration": cal, "suite": ev["suite"], "tasks": ev["tasks"]}
+        material = {"calibration": cal, "suite": ev["suite"], "tasks": ev["tasks"],
+                    "dataset": dataset_fingerprint(cal.get("dataset"))}
         return self.run_.stage("calibration-data", "collect calibration/validation episodes (scripted experts)",
                                material, fn)
 
@@ -140,7 +151,8 @@ class Pipeline:
             vla = load_vla(self.checkpoint, allow_pickle=self.allow_pickle)  # a fresh copy: passes work in place
             teacher = self.baseline_vla() if any(TEACHER in p.needs() for p in self.recipe.passes) else None
             ctx = PassContext(calibration=calibration_dataset(vla, self.observations("calibration")),
-                              teacher=teacher, seed=self.recipe.calibration["seed"])
+                              teacher=teacher, seed=self.recipe.calibration["seed"],
+                              training=self.calibration_root())
             vla = apply_passes(vla, self.recipe.passes, ctx)
             vla.save_pretrained(work / "checkpoint")
             reload = load_vla(work / "checkpoint")
@@ -252,6 +264,15 @@ class Pipeline:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+def dataset_fingerprint(path: str | None) -> dict | None:
+    """Size and mtime of every file of a user-given dataset (a change invalidates the stages using it)."""
+    if not path:
+        return None
+    root = Path(path)
+    return {p.relative_to(root).as_posix(): [p.stat().st_size, p.stat().st_mtime_ns]
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
 
 def runtime_missing(runtime: str) -> str | None:
     """Why `runtime` cannot run here (its package does not import), or None."""
