@@ -71,7 +71,7 @@ def test_every_pass_round_trips(fresh, tmp_path, lerobot_train_dir, case, head):
     assert torch.equal(chunk(loaded, inputs), before)
     assert [type(m).__name__ for m in loaded.modules()] == [type(m).__name__ for m in vla.modules()]
     assert [e["pass"] for e in loaded.compression_log] == [c.name for c in CASES[case]]
-    assert json.loads((path / "compression.json").read_text())["log"] == loaded.compression_log
+    assert loaded.compression_log == json.loads(json.dumps(vla.compression_log))  # every pass logs plain JSON
     assert (path / "quantization.json").is_file() == any(getattr(m, "is_quantized", False) for m in vla.modules())
 
 
