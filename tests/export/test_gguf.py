@@ -329,3 +329,37 @@ def test_cli_exports_gguf(models, tmp_path):
     art = Artifact.load(tmp_path / "out")
     assert row["precision"] == "q8_0" and row["status"] == art.status == "ok"
     assert art.manifest["source"]["checkpoint"] == str(ckpt.resolve())
+
+
+def test_bidirectional_attention_matches_oft_parallel_decoding(tmp_path):
+    """OpenVLA-OFT decodes its action placeholders with full bidirectional attention over the
+    sequence; llama.cpp's non-causal mode (llama_set_causal_attn) computes exactly that, and
+    causal mode does not."""
+    import torch
+
+    from vla_compress.export.gguf.writer import vocab_from_tokenizer, write_llama_gguf
+    from vla_compress.models.openvla import OpenVLAOFT
+    from vla_compress.runtime.llamacpp_engine import LlamaBackbone
+
+    vla = OpenVLAOFT.tiny()
+    lm, tok = vla.language_model, vla.tokenizer
+    write_llama_gguf(tmp_path / "oft.gguf", lm.model, lm.lm_head.weight, vocab_from_tokenizer(tok.tok, tok.bos_id,
+                                                                                               tok.eos_id), "f32")
+    torch.manual_seed(0)
+    x = torch.randn(1, 12, lm.config.hidden_size) * 0.5
+    full = torch.ones(1, 1, 12, 12, dtype=torch.bool)  # the key-padding mask OFT passes: every row sees every token
+    with torch.inference_mode():
+        want = lm.model(inputs_embeds=x, attention_mask=full).last_hidden_state[0].numpy()
+        causal_want = lm.model(inputs_embeds=x).last_hidden_state[0].numpy()
+    got = {}
+    for causal in (False, True):
+        be = LlamaBackbone(tmp_path / "oft.gguf", n_ctx=64, kv_cache="f32", flash_attn="off", embeddings=True,
+                           causal=causal)
+        try:
+            be.decode_embeddings(x[0].numpy(), n_outputs=12)
+            got[causal] = np.stack([be.hidden(i) for i in range(12)])
+        finally:
+            be.close()
+    np.testing.assert_allclose(got[False], want, atol=1e-4)
+    np.testing.assert_allclose(got[True], causal_want, atol=1e-4)
+    assert np.abs(got[True] - want).max() > 1e-2  # the two modes really differ on this input

@@ -64,10 +64,11 @@ def load_llama_cpp():
 
 
 class LlamaBackbone:
-    """A GGUF model + context. `embeddings=True` reads final hidden states, else logits."""
+    """A GGUF model + context. `embeddings=True` reads final hidden states, else logits;
+    `causal=False` attends bidirectionally over the whole sequence."""
 
     def __init__(self, gguf_path: str | Path, n_ctx: int, threads: int = 1, kv_cache: str = "f16",
-                 embeddings: bool = False, gpu_layers: int = 0, flash_attn: str = "auto"):
+                 embeddings: bool = False, gpu_layers: int = 0, flash_attn: str = "auto", causal: bool = True):
         if kv_cache not in KV_TYPES:
             raise ConfigError(f"llama.cpp KV-cache type must be one of {sorted(KV_TYPES)}, got {kv_cache!r}")
         if flash_attn not in FLASH_ATTN:
@@ -94,7 +95,11 @@ class LlamaBackbone:
         if not self.ctx:
             self.close()
             raise ExportError(self.path, f"llama.cpp could not create a context (n_ctx={n_ctx}, kv={kv_cache})")
+        # Bidirectional attention (OpenVLA-OFT's parallel decoding attends over the whole sequence)
+        # is llama.cpp's non-causal mode; it needs the sequence in one ubatch (n_ubatch = n_ctx here).
+        lc.llama_set_causal_attn(self.ctx, bool(causal))
         self.n_ctx, self.embeddings, self.kv_cache, self.flash_attn = int(n_ctx), bool(embeddings), kv_cache, flash_attn
+        self.causal = bool(causal)
         self.n_embd = lc.llama_model_n_embd(self.model)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self._memory = lc.llama_get_memory(self.ctx)

@@ -53,7 +53,8 @@ class HybridRunner:
         self.backbone = LlamaBackbone(artifact.file(m["gguf"]["file"]), n_ctx=self.llama["n_ctx"], threads=threads,
                                       kv_cache=kv_cache or self.llama["kv_cache"],
                                       embeddings=self.llama["output"] == "hidden_states", gpu_layers=gpu_layers,
-                                      flash_attn=flash_attn or self.llama.get("flash_attn", "auto"))
+                                      flash_attn=flash_attn or self.llama.get("flash_attn", "auto"),
+                                      causal=self.llama.get("attention", "causal") == "causal")
         self.last_timing: dict[str, float] = {}
 
     @property
