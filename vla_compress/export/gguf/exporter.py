@@ -30,7 +30,7 @@ from ..parity import ParityReport, compare
 from .config import GgufExportConfig
 from .graphs import get_gguf_family
 from .quantize import quantize_gguf, tensor_types
-from .writer import write_llama_gguf
+from .writer import llama_hparams, write_llama_gguf
 
 GGUF_FILE = "backbone.gguf"
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")
@@ -54,7 +54,8 @@ class GgufExporter(Exporter):
         parts = get_gguf_family(vla.family)
         meta = family.head_meta(vla)
         backbone, lm_head = parts.backbone(vla)
-        vocab = parts.vocab(vla)  # tokenizer problems surface before any tracing
+        llama_hparams(backbone)  # unsupported backbones and tokenizers fail before any tracing
+        vocab = parts.vocab(vla)
         out_dir = Path(out_dir)
         manifest = new_manifest("gguf", config.precision, config.to_dict(), source_info(vla, source),
                                 opset=config.opset, model=meta, graphs={}, io={})
