@@ -23,6 +23,10 @@ def test_ci_runs_the_readme_test_command():
     assert _readme_commands()[1] in [line.strip() for line in ci]
 
 
-def test_readme_main_command_names_a_shipped_checkpoint():
-    ckpt = _readme_commands()[0].split("vla-compress eval ", 1)[1].split()[0]
-    assert (ROOT / ckpt / "config.json").is_file(), f"README's main command uses {ckpt}, which is not shipped"
+def test_readme_main_command_runs_a_shipped_recipe_on_a_shipped_checkpoint():
+    from vla_compress.cli.pipeline_cmd import DEMO_CHECKPOINT, DEMO_RECIPE
+    from vla_compress.pipeline.recipe import load_recipe
+
+    assert _readme_commands()[0] == "./install.sh && vla-compress demo"
+    assert (DEMO_CHECKPOINT / "config.json").is_file(), f"the demo uses {DEMO_CHECKPOINT}, which is not shipped"
+    assert load_recipe(DEMO_RECIPE).name == DEMO_RECIPE

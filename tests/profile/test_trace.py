@@ -124,3 +124,17 @@ def test_meta_device_trace_allocates_nothing():
         m = ReferenceVLA.tiny(head="tokens")
     tr = trace_policy_step(m)
     assert tr.model["device"] == "meta" and tr.flops > 0 and tr.calls["backbone"] == 8
+
+
+@pytest.mark.parametrize("head", ["regression", "tokens"])
+def test_reference_preset_traces_on_the_meta_device(head):
+    """Counting a preset allocates nothing; transformers' packed-sequence probe must not run on meta."""
+    import torch
+
+    from vla_compress.models.reference import ReferenceVLA
+    from vla_compress.profile.trace import trace_policy_step
+
+    with torch.device("meta"):
+        vla = ReferenceVLA.from_preset("reference-small", head=head)
+    t = trace_policy_step(vla)
+    assert t.summary()["flops"] > 5e8 and t.summary()["params"] > 5e6

@@ -179,6 +179,12 @@ class ReferenceVLAModule(nn.Module):
         # On the meta device (FLOP counting of 7B-sized configs) the mask's values are unknown;
         # those counts are for batch 1 without padding, where "no mask" is the same computation.
         attn_mask = None if embeds.device.type == "meta" else mask
+        if embeds.device.type == "meta" and past is None:
+            # without a mask and a cache, transformers probes position_ids for packed sequences with a
+            # data-dependent branch (.item() on meta); an empty cache skips the probe, same computation
+            from transformers import DynamicCache
+
+            past = DynamicCache(config=self.backbone.config)
         out = self.backbone(inputs_embeds=embeds, attention_mask=attn_mask, position_ids=position_ids,
                             past_key_values=past, use_cache=use_cache)
         return out.last_hidden_state, out.past_key_values
