@@ -14,7 +14,10 @@ from ..fileio import read_json, write_text
 from . import plots
 
 REPORT = "report.html"
-COMPONENT_ORDER = ("vision", "projector", "prefill", "decode", "action_head", "other")
+# torch policies time components; ONNX Runtime policies time their graphs (policy_step, or embed /
+# prefill / decode / action_head for split artifacts) and the pre/post-processing around them
+COMPONENT_ORDER = ("preprocess", "vision", "projector", "embed", "policy_step", "backbone", "prefill", "decode",
+                   "action_head", "postprocess", "other")
 
 
 def _fmt_bytes(n: float | None) -> str:

@@ -113,7 +113,7 @@ def stacked_bars(rows: list[dict], parts: list[str], width: int = 760, row_h: in
     w = width - ml - mr
     total_max = max(sum(r["values"].get(p, 0.0) for p in parts) for r in rows) or 1.0
     out = [f"<svg viewBox='0 0 {width} {height}' class='chart' role='img' aria-label='latency per component'>"]
-    out.append(_legend([{"label": p, "colour": colour(i + 3)} for i, p in enumerate(parts)], ml, 4))
+    out.append(_legend([{"label": p, "colour": colour(i + 3)} for i, p in enumerate(parts)], 10, 4))
     for ri, r in enumerate(rows):
         y = mt + ri * row_h
         out.append(f"<text x='{ml - 8}' y='{y + row_h * 0.65:.1f}' text-anchor='end'>{escape(r['label'])}</text>")
