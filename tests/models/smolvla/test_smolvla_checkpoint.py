@@ -161,7 +161,7 @@ def test_inspect_shows_components_tokens_and_action_spec(smolvla_dir, tmp_path):
     assert per["action_head"]["weight_bytes_read"] == 4 * per["action_head"]["param_bytes"]
 
 
-def test_smolvla_base_shape_on_the_meta_device():
+def test_smolvla_base_shape_on_the_meta_device(tmp_path):
     """SmolVLA-base's exact architecture: lerobot/smolvla_base holds 500 tensors, 450,046,176 parameters."""
     vla = SmolVLA.realistic()
     assert next(vla.parameters()).device.type == "meta"
@@ -172,3 +172,11 @@ def test_smolvla_base_shape_on_the_meta_device():
     assert len(checkpoint_view(vla).state_dict()) == 500
     assert vla.arch.expert_hidden == 720 and vla.arch.expert_intermediate == 2048
     assert vla.token_counts().to_dict() == {"visual": 192, "text": 48, "proprio": 1, "action": 50, "prefill": 241}
+    # its processor files (identity statistics, the tiny tokenizer as vlm/) make a loadable processor
+    from vla_compress.models.smolvla.adapter import read_processor_files, write_processor_files
+
+    write_processor_files(vla, tmp_path)
+    cfg, processor, vlm_dir = read_processor_files(tmp_path)
+    assert vlm_dir == tmp_path / "vlm" and cfg.cameras == ("image", "image2", "image3")
+    x = processor([vla.dummy_observation()])
+    assert x["pixel_values"].shape == (1, 3, 3, 512, 512) and x["lang_tokens"].shape == (1, 48)

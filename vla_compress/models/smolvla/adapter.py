@@ -11,6 +11,7 @@ loads of a checkpoint act identically.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tempfile
 from collections import deque
 from pathlib import Path
@@ -191,17 +192,21 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
     def realistic(cls, device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16) -> "SmolVLA":
         """SmolVLA-base's architecture (lerobot/smolvla_base config.json, SmolVLM2-500M sizes: 450M
         parameters) on `device`, random weights (none on the meta device), identity normalisation.
-        The tokenizer is the tiny fixture one; the prompt is padded to 48 tokens either way."""
-        from .fixtures import build_tiny_tokenizer
+        The tokenizer is the tiny fixture one (carried as vlm/ by save_pretrained and exports, so
+        those work offline); the prompt is padded to 48 tokens either way."""
+        from tokenizers import Tokenizer
+
+        from .fixtures import tiny_vlm_files
 
         cfg = dataclasses.replace(SmolVLAConfig.from_dict(smolvla_base_config_dict()), preset="smolvla-450m")
-        arch = SmolVLAArch(cfg, VLMConfig.from_dict(smolvlm2_500m_config_dict()))
-        tok = build_tiny_tokenizer()
+        vlm_files = tiny_vlm_files(smolvlm2_500m_config_dict())
+        arch = SmolVLAArch(cfg, VLMConfig.from_dict(json.loads(vlm_files["config.json"])))
         identity = lambda feats: FeatureNormalizer({f.key: f.type for f in feats}, dict(cfg.normalization_mapping))  # noqa: E731
         settings = ProcessorSettings(identity(cfg.input_features), identity(cfg.output_features), {}, {})
-        tokenizer = LanguageTokenizer(tok, "<|im_end|>", cfg.tokenizer_max_length, cfg.pad_language_to)
+        tokenizer = LanguageTokenizer(Tokenizer.from_str(vlm_files["tokenizer.json"].decode()), "<|im_end|>",
+                                      cfg.tokenizer_max_length, cfg.pad_language_to)
         with torch.device(device):
-            model = cls(arch, SmolVLAProcessor(cfg, tokenizer, settings))
+            model = cls(arch, SmolVLAProcessor(cfg, tokenizer, settings), vlm_files=vlm_files)
         return model.to(dtype).eval()
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ...fileio import save_safetensors, write_json, write_text
+from ...fileio import save_safetensors, write_json
 from ..openvla.fixtures import _Random
 from .checkpoint_smolvla import write_files
 
@@ -76,20 +76,24 @@ def vlm_config_dict(vision: dict | None = None, text: dict | None = None, scale_
             "vision_config": {**TINY_VISION, **(vision or {})}, "text_config": {**TINY_TEXT, **(text or {})}}
 
 
+def tiny_vlm_files(config: dict) -> dict[str, bytes]:
+    """What SmolVLA reads of a SmolVLM directory: `config` as config.json, and the tiny tokenizer."""
+    special = {"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>",
+               "unk_token": "<|endoftext|>"}
+    files = {"tokenizer.json": build_tiny_tokenizer().to_str(pretty=True),
+             "tokenizer_config.json": {**special, "add_prefix_space": False, "clean_up_tokenization_spaces": False,
+                                       "model_max_length": 8192, "tokenizer_class": "GPT2Tokenizer",
+                                       "processor_class": "SmolVLMProcessor"},
+             "special_tokens_map.json": {**special, "additional_special_tokens": ADDED},
+             "config.json": config}
+    return {k: (v if isinstance(v, str) else json.dumps(v, indent=2)).encode() for k, v in files.items()}
+
+
 def write_tiny_vlm(path: str | Path, vision: dict | None = None, text: dict | None = None) -> Path:
     """A SmolVLM2-like directory: config.json and the tokenizer files (no weights: SmolVLA has them)."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = build_tiny_tokenizer()
-    write_text(path / "tokenizer.json", tok.to_str(pretty=True))
-    write_json(path / "tokenizer_config.json", {
-        "add_prefix_space": False, "bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>",
-        "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>", "clean_up_tokenization_spaces": False,
-        "model_max_length": 8192, "tokenizer_class": "GPT2Tokenizer", "processor_class": "SmolVLMProcessor"})
-    write_json(path / "special_tokens_map.json", {"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>",
-                                                  "pad_token": "<|im_end|>", "unk_token": "<|endoftext|>",
-                                                  "additional_special_tokens": ADDED})
-    write_json(path / "config.json", vlm_config_dict(vision, text))
+    write_files(tiny_vlm_files(vlm_config_dict(vision, text)), path)
     return path
 
 

@@ -16,7 +16,7 @@ one does here, written from LeRobot's processor definitions:
   smolvla_base ships statistics only under robot-prefixed keys, so its state and actions are not
   normalised); `FeatureNormalizer.describe()` says which features that is.
 - batch / device steps: nothing to do (numpy in, torch on the CPU out).
-Images (the model's prepare_images): HxWx3 uint8 -> float in [0, 1], bilinear resize keeping the
+Images (the model's prepare_images): HxWx3 uint8 (or float already in [0, 1]) -> float in [0, 1], bilinear resize keeping the
 aspect ratio so it fits `resize_imgs_with_padding` (width, height), zero padding on the left and
 top, then x * 2 - 1. Cameras are taken in config order among those present; up to `empty_cameras`
 missing ones become all -1 images with a false mask. State: normalised, zero-padded to max_state_dim.
@@ -248,10 +248,6 @@ class SmolVLAProcessor:
                         names[src[len(prefix):]] = dst
                         break
         self.camera_names = names
-
-    def prompt_ids(self, instruction: str) -> list[int]:
-        ids, mask = self.tokenizer([with_newline(instruction)])
-        return ids[0][mask[0]].tolist()
 
     def _image(self, im, cam: str) -> torch.Tensor:
         a = np.asarray(im)
