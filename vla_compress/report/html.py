@@ -94,8 +94,10 @@ def build_view(m: dict) -> dict:
             "est_hz": f"{est['control_hz']:.0f}" if est else "–",
             "est_mem": _fmt_bytes(est["memory_bytes"]) if est else "–",
             "est_precision": est["precision"] if est else "–",
+            "est_calibrated": bool(est and est.get("calibrated")),
             "parity_abs": f"{parity['max_abs']:.2e}" if parity.get("max_abs") is not None else "–",
-            "parity_l1": f"{parity['action_l1']:.2e}" if parity.get("action_l1") is not None else "–",
+            "parity_l1": (f"{parity.get('action_l1', parity.get('action_l1_mean')):.2e}"
+                          if parity.get("action_l1", parity.get("action_l1_mean")) is not None else "–"),
             "success": f"{ev['mean_success']:.1%}" if ev else "–",
             "success_ci": (f"[{ev['pooled']['ci95'][0]:.0%}, {ev['pooled']['ci95'][1]:.0%}]" if ev else
                            v.get("eval_skipped", "not evaluated")),
