@@ -188,6 +188,9 @@ main.add_command(profile)
 from .export_cmd import export  # noqa: E402
 main.add_command(export)
 
+from .sweep_cmd import sweep  # noqa: E402
+main.add_command(sweep)
+
 from .pipeline_cmd import compress, demo, recipes, report  # noqa: E402
 for _cmd in (compress, demo, report, recipes):
     main.add_command(_cmd)

@@ -66,3 +66,18 @@ def apply_passes(vla: Any, configs: Sequence[PassConfig | dict], context: PassCo
 def quantize_(vla: Any, config: PassConfig | dict, context: PassContext | None = None) -> Any:
     """torchao-style verb: `quantize_(vla, Int4WeightOnlyConfig(group_size=64, where="backbone"))`."""
     return apply_passes(vla, [config], context)
+
+
+def compare_models(a: Any, b: Any, observations: list[dict]) -> dict:
+    """Action-chunk difference of two torch models on the same observations (normalised units)."""
+    import numpy as np
+    import torch
+
+    diffs, l1 = [], []
+    with torch.inference_mode():
+        for obs in observations:
+            ya = np.asarray(a.predict_chunk(a.preprocess([obs])), dtype=np.float64)
+            yb = np.asarray(b.predict_chunk(b.preprocess([obs])), dtype=np.float64)
+            diffs.append(np.abs(ya - yb).max())
+            l1.append(np.abs(ya - yb).mean())
+    return {"max_abs": float(max(diffs)), "action_l1": float(np.mean(l1)), "observations": len(observations)}

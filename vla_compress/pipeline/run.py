@@ -155,6 +155,8 @@ class Pipeline:
                               training=self.calibration_root())
             vla = apply_passes(vla, self.recipe.passes, ctx)
             vla.save_pretrained(work / "checkpoint")
+            from ..passes.runner import compare_models
+
             reload = load_vla(work / "checkpoint")
             check = compare_models(vla, reload, self.observations("validation"))
             if check["max_abs"] > 1e-5:
@@ -286,21 +288,6 @@ def runtime_missing(runtime: str) -> str | None:
     except Exception as e:  # noqa: BLE001  (an ImportError or a broken native library)
         return f"not evaluated here: the {runtime} runtime is not available on this machine ({module}: {e})"
     return None
-
-
-def compare_models(a: Any, b: Any, observations: list[dict]) -> dict:
-    """Action-chunk difference of two torch models on the same observations (normalised units)."""
-    import numpy as np
-    import torch
-
-    diffs, l1 = [], []
-    with torch.inference_mode():
-        for obs in observations:
-            ya = np.asarray(a.predict_chunk(a.preprocess([obs])), dtype=np.float64)
-            yb = np.asarray(b.predict_chunk(b.preprocess([obs])), dtype=np.float64)
-            diffs.append(np.abs(ya - yb).max())
-            l1.append(np.abs(ya - yb).mean())
-    return {"max_abs": float(max(diffs)), "action_l1": float(np.mean(l1)), "observations": len(observations)}
 
 
 def _eval_summary(r: dict) -> dict:
