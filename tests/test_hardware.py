@@ -15,7 +15,8 @@ from vla_compress.errors import ConfigError, HardwareError
 from vla_compress.hardware import (PRECISIONS, hardware_dir, list_hardware, load_hardware, save_calibration,
                                    validate)
 
-SHIPPED = list_hardware()
+# local-host.yaml is generated on each machine by `vla-compress profile --calibrate` (git-ignored), not shipped
+SHIPPED = [n for n in list_hardware() if n != "local-host"]
 REQUIRED_DEVICES = {"jetson-orin-nano-8gb", "jetson-orin-nx-16gb", "jetson-agx-orin-64gb", "jetson-thor", "rtx-4090",
                     "rtx-4070", "l4", "a100-80gb-sxm", "h100-sxm", "x86-desktop-cpu", "orin-cpu"}
 
