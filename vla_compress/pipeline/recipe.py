@@ -249,7 +249,7 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
         fail(("target",), str(e))
 
     # numbers
-    ev, bud, cal, prof = data["evaluation"], data["budgets"], data["calibration"], data["profiling"]
+    ev, bud, cal = data["evaluation"], data["budgets"], data["calibration"]
     for sect, key, lo in (("evaluation", "episodes", 1), ("evaluation", "workers", 1), ("calibration", "samples", 1),
                           ("calibration", "validation_samples", 1), ("calibration", "episodes_per_task", 1),
                           ("profiling", "steps", 1), ("profiling", "warmup", 0)):

@@ -206,8 +206,6 @@ class Pipeline:
     # --- the whole run -------------------------------------------------------------------------
     def run(self) -> dict:
         """Run (or resume) every stage; returns the manifest (with `verdict`)."""
-        from ..evaluate.rollout import PolicySpec  # noqa: F401  (fail early if the simulator stack is broken)
-
         t0 = time.perf_counter()
         m = self.run_.manifest
         m["status"] = "running"

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .onnxruntime_policy import OnnxRuntimePolicy, session_options
-from .policy import Policy
+from .policy import Policy, open_artifact
 
 
 class HybridRunner:
@@ -123,19 +123,10 @@ class LlamaCppPolicy(OnnxRuntimePolicy):
                  flash_attn: str | None = None, execute_steps: int | None = None, allow_failed: bool = False, verify: bool = False,
                  name: str = "llama.cpp"):
         Policy.__init__(self, execute_steps)
-        from ..export.artifact import Artifact
-        from ..export.family import get_export_family
-
-        art = Artifact.load(artifact_dir)
-        if art.format != "gguf":
-            raise ConfigError(f"{art.path}: artifact format is {art.format!r}, the 'llama.cpp' runtime needs a GGUF "
-                              "artifact (export format 'gguf')")
-        art.require_usable(allow_failed)
-        if verify:
-            art.verify_files()
-        self.artifact, self.name = art, name
-        self.processor = get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
-        self.graphs = HybridRunner(art, threads=threads, kv_cache=kv_cache, gpu_layers=gpu_layers,
+        self.artifact, self.processor = open_artifact(artifact_dir, "gguf", "llama.cpp",
+                                                      "a GGUF artifact (export format 'gguf')", allow_failed, verify)
+        self.name = name
+        self.graphs = HybridRunner(self.artifact, threads=threads, kv_cache=kv_cache, gpu_layers=gpu_layers,
                                    flash_attn=flash_attn)
         self.component_latencies_s: dict[str, list[float]] = {}
 

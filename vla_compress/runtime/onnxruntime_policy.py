@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .policy import Policy
+from .policy import Policy, open_artifact
 
 
 def session_options(threads: int = 1):
@@ -132,18 +132,10 @@ class OnnxRuntimePolicy(Policy):
                  execute_steps: int | None = None, allow_failed: bool = False, verify: bool = False,
                  name: str = "onnx"):
         super().__init__(execute_steps)
-        from ..export.artifact import Artifact
-        from ..export.family import get_export_family
-
-        art = Artifact.load(artifact_dir)
-        if art.format != "onnx":
-            raise ConfigError(f"{art.path}: artifact format is {art.format!r}, the 'onnx' runtime needs an ONNX artifact")
-        art.require_usable(allow_failed)
-        if verify:
-            art.verify_files()
-        self.artifact, self.name = art, name
-        self.processor = get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
-        self.graphs = OnnxGraphs(art, threads=threads, providers=providers)
+        self.artifact, self.processor = open_artifact(artifact_dir, "onnx", "onnx", "an ONNX artifact", allow_failed,
+                                                      verify)
+        self.name = name
+        self.graphs = OnnxGraphs(self.artifact, threads=threads, providers=providers)
         self.component_latencies_s: dict[str, list[float]] = {}
 
     def infer(self, observation: dict) -> np.ndarray:

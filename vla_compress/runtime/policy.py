@@ -15,6 +15,23 @@ from typing import Any
 import numpy as np
 
 
+def open_artifact(artifact_dir: Any, fmt: str, runtime: str, needs: str, allow_failed: bool = False,
+                  verify: bool = False) -> tuple[Any, Any]:
+    """(artifact, its processor) for a runtime that runs `fmt` artifacts: refuses another format and,
+    unless `allow_failed`, an artifact that failed validation; `verify` re-checks file hashes."""
+    from ..errors import ConfigError
+    from ..export.artifact import Artifact
+    from ..export.family import get_export_family
+
+    art = Artifact.load(artifact_dir)
+    if art.format != fmt:
+        raise ConfigError(f"{art.path}: artifact format is {art.format!r}, the {runtime!r} runtime needs {needs}")
+    art.require_usable(allow_failed)
+    if verify:
+        art.verify_files()
+    return art, get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
+
+
 class Policy:
     """Base class: subclasses implement `infer(observation) -> (K, A) actions in robot units`."""
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, ExportError
 from .onnxruntime_policy import OnnxGraphs, OnnxRuntimePolicy
-from .policy import Policy
+from .policy import Policy, open_artifact
 
 
 def engine_runnable(artifact) -> tuple[bool, str]:
@@ -235,16 +235,8 @@ class TensorRTPolicy(OnnxRuntimePolicy):
     def __init__(self, artifact_dir: str | Path, device: int = 0, execute_steps: int | None = None,
                  allow_failed: bool = False, verify: bool = False, name: str = "tensorrt"):
         Policy.__init__(self, execute_steps)
-        from ..export.artifact import Artifact
-        from ..export.family import get_export_family
-
-        art = Artifact.load(artifact_dir)
-        if art.format != "tensorrt":
-            raise ConfigError(f"{art.path}: artifact format is {art.format!r}, the 'tensorrt' runtime needs a TensorRT artifact")
-        art.require_usable(allow_failed)
-        if verify:
-            art.verify_files()
-        self.artifact, self.name = art, name
-        self.processor = get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
-        self.graphs = TensorRTGraphs(art, device=device)
+        self.artifact, self.processor = open_artifact(artifact_dir, "tensorrt", "tensorrt", "a TensorRT artifact",
+                                                      allow_failed, verify)
+        self.name = name
+        self.graphs = TensorRTGraphs(self.artifact, device=device)
         self.component_latencies_s: dict[str, list[float]] = {}

@@ -24,9 +24,10 @@ from typing import Any
 from ...errors import ConfigError
 from ..artifact import Artifact, hash_files, new_manifest, staged_dir
 from ..base import ExportError, Exporter
-from ..family import get_export_family, weights_fingerprint
+from ..family import get_export_family
 from ..onnx.exporter import _check, _record_failure, _shapes_by_arg, io_signature, source_info
-from ..parity import ParityReport, compare
+from ..parity import ParityReport
+from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from .config import GgufExportConfig
 from .graphs import get_gguf_family
 from .quantize import quantize_gguf, tensor_types
@@ -117,39 +118,23 @@ class GgufExporter(Exporter):
         from ...runtime.llamacpp_policy import HybridRunner
 
         load_llama_cpp()  # a machine without llama.cpp cannot judge the artifact: an error, not a "failed" verdict
-        if not observations:
-            raise ConfigError("validate needs at least one observation")
         if artifact.format != "gguf":
             raise ConfigError(f"{artifact.path}: not a GGUF artifact (format {artifact.format!r})")
-        family = get_export_family(artifact.manifest["model"]["family"])
-        if (family.head_meta(vla) != artifact.manifest["model"]
-                or weights_fingerprint(vla) != artifact.manifest["source"].get("weights_sha256")):
-            raise ExportError(artifact.path, "the torch model given to validate() is not the one this artifact came from")
+        family = source_family(artifact, vla, observations)
         config = GgufExportConfig.from_dict(artifact.manifest["config"])
-        t0 = time.perf_counter()
-        ref = family.torch_outputs(vla, observations)
+        ref, torch_s = torch_reference(family, vla, observations)
         t1 = time.perf_counter()
-        try:
+
+        def run() -> dict:
             runner = HybridRunner(artifact, threads=threads)
             try:
-                feeds = family.load_processor(artifact.path)(observations)
-                got = runner.predict(feeds)
-                if "bins" in ref:  # logits compared along the torch tokens (see export/parity.py)
-                    forced = runner.predict(feeds, force_bins=ref["bins"])
-                    got["bin_logits"], got["bins_teacher_forced"] = forced["bin_logits"], forced["bins"]
+                return runner_outputs(runner, family.load_processor(artifact.path)(observations), ref)
             finally:
                 runner.close()
-        except Exception as e:  # an artifact llama.cpp cannot even run is a failed artifact
-            artifact.manifest["error"] = f"the artifact could not be run in llama.cpp: {type(e).__name__}: {e}"
-            artifact.manifest["status"] = "failed"
-            artifact.save()
-            raise ExportError(artifact.path, artifact.manifest["error"]) from e
-        head = artifact.manifest["model"]["head"]
-        report = compare(head, ref, got, config.tolerance_for(head))
-        report.timing_s = {"torch": t1 - t0, "llama.cpp+onnxruntime": time.perf_counter() - t1}
-        artifact.manifest.pop("error", None)
-        artifact.record_validation(report)
-        return report
+
+        got = run_or_fail(artifact, "llama.cpp", run)
+        return record(artifact, ref, got, config.tolerance_for,
+                      {"torch": torch_s, "llama.cpp+onnxruntime": time.perf_counter() - t1})
 
 
 def _trace(spec: Any, file: Path, opset: int) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ...errors import ConfigError
-from ..onnx.graphs import GraphSpec, weight_bytes
+from ..onnx.graphs import GraphSpec, reference_prefix_inputs, weight_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from .writer import GgufVocab
@@ -80,17 +80,8 @@ def _reference_modules():
 
 def reference_side_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     torch, Embed, ActionHead = _reference_modules()
-    from torch.export import Dim
-
     cfg = vla.cfg
-    batch = Dim("batch", min=1, max=4096)
-    text = Dim("text", min=1, max=cfg.backbone.max_position)
-    inputs = ["pixel_values", "text_ids", "text_mask", "state"]
-    args = tuple(example[k] for k in inputs)
-    if args[0].shape[0] < 2:
-        raise ConfigError("GGUF export needs an example batch of >= 2 observations (batch 1 would be baked in)")
-    shapes = {"pixel_values": {0: batch}, "text_ids": {0: batch, 1: text}, "text_mask": {0: batch, 1: text},
-              "state": {0: batch}}
+    inputs, args, shapes, batch = reference_prefix_inputs(vla, example, "GGUF")
     embed = Embed(vla).eval()
     used = (vla.vision_encoder, vla.projector, vla.proprio_projector, vla.backbone.embed_tokens)
     wbytes = sum(weight_bytes(m) for m in used) + (vla.action_head.queries.nbytes if cfg.head == "regression" else 0)

@@ -23,7 +23,8 @@ from ...errors import ConfigError
 from ..artifact import Artifact, hash_files, new_manifest, sha256_file, staged_dir
 from ..base import ExportError, Exporter
 from ..family import get_export_family, weights_fingerprint
-from ..parity import ParityReport, compare
+from ..parity import ParityReport
+from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from .config import OnnxExportConfig
 from .graphs import build_graphs
 from .quantize import op_summary, quantize
@@ -148,34 +149,18 @@ class OnnxExporter(Exporter):
 
         from ...runtime.onnxruntime_policy import OnnxGraphs
 
-        if not observations:
-            raise ConfigError("validate needs at least one observation")
-        family = get_export_family(artifact.manifest["model"]["family"])
-        if (family.head_meta(vla) != artifact.manifest["model"]
-                or weights_fingerprint(vla) != artifact.manifest["source"].get("weights_sha256")):
-            raise ExportError(artifact.path, "the torch model given to validate() is not the one this artifact came from")
+        family = source_family(artifact, vla, observations)
         config = OnnxExportConfig.from_dict(artifact.manifest["config"])
-        t0 = time.perf_counter()
-        ref = family.torch_outputs(vla, observations)
+        ref, torch_s = torch_reference(family, vla, observations)
         t1 = time.perf_counter()
-        try:
+
+        def run() -> dict:
             runner = OnnxGraphs(artifact, threads=threads, providers=providers or ["CPUExecutionProvider"])
-            feeds = family.load_processor(artifact.path)(observations)
-            got = runner.predict(feeds)
-            if "bins" in ref:  # logits compared along the torch tokens (see export/parity.py)
-                forced = runner.predict(feeds, force_bins=ref["bins"])
-                got["bin_logits"], got["bins_teacher_forced"] = forced["bin_logits"], forced["bins"]
-        except Exception as e:  # an artifact ORT cannot even run is a failed artifact
-            artifact.manifest["error"] = f"the artifact could not be run in ONNX Runtime: {type(e).__name__}: {e}"
-            artifact.manifest["status"] = "failed"
-            artifact.save()
-            raise ExportError(artifact.path, artifact.manifest["error"]) from e
-        head = artifact.manifest["model"]["head"]
-        report = compare(head, ref, got, config.tolerance_for(head))
-        report.timing_s = {"torch": t1 - t0, "onnxruntime": time.perf_counter() - t1}
-        artifact.manifest.pop("error", None)
-        artifact.record_validation(report)
-        return report
+            return runner_outputs(runner, family.load_processor(artifact.path)(observations), ref)
+
+        got = run_or_fail(artifact, "ONNX Runtime", run)
+        return record(artifact, ref, got, config.tolerance_for,
+                      {"torch": torch_s, "onnxruntime": time.perf_counter() - t1})
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -124,20 +124,27 @@ def _reference_modules():
     return torch, PolicyStep, Prefill, Decode
 
 
-@register_graphs("reference")
-def reference_graphs(vla: Any, example: dict) -> list[GraphSpec]:
-    torch, PolicyStep, Prefill, Decode = _reference_modules()
+def reference_prefix_inputs(vla: Any, example: dict, fmt: str) -> tuple[list[str], tuple, dict, Any]:
+    """The reference family's observation inputs for tracing: names, example tensors, dynamic shapes
+    (batch and text length) and the batch Dim. A batch of 1 would be baked into the graph."""
     from torch.export import Dim
 
-    cfg = vla.cfg
     batch = Dim("batch", min=1, max=4096)
-    text = Dim("text", min=1, max=cfg.backbone.max_position)
+    text = Dim("text", min=1, max=vla.cfg.backbone.max_position)
     inputs = ["pixel_values", "text_ids", "text_mask", "state"]
     args = tuple(example[k] for k in inputs)
     if args[0].shape[0] < 2:
-        raise ConfigError("ONNX export needs an example batch of >= 2 observations (batch 1 would be baked in)")
-    prefix_shapes = {"pixel_values": {0: batch}, "text_ids": {0: batch, 1: text}, "text_mask": {0: batch, 1: text},
-                     "state": {0: batch}}
+        raise ConfigError(f"{fmt} export needs an example batch of >= 2 observations (batch 1 would be baked in)")
+    shapes = {"pixel_values": {0: batch}, "text_ids": {0: batch, 1: text}, "text_mask": {0: batch, 1: text},
+              "state": {0: batch}}
+    return inputs, args, shapes, batch
+
+
+@register_graphs("reference")
+def reference_graphs(vla: Any, example: dict) -> list[GraphSpec]:
+    torch, PolicyStep, Prefill, Decode = _reference_modules()
+    cfg = vla.cfg
+    inputs, args, prefix_shapes, batch = reference_prefix_inputs(vla, example, "ONNX")
     if cfg.head == "regression":
         step = PolicyStep(vla).eval()
         return [GraphSpec("policy_step", step, args, inputs, ["actions"], prefix_shapes, weight_bytes(step))]
@@ -151,6 +158,8 @@ def reference_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     start = cfg.backbone.vocab_size - cfg.n_bins
     mask = torch.cat([out[1], torch.ones_like(out[1][:, :1])], dim=1)
     dec_args = ((out[0].argmax(-1, keepdim=True) + start), mask, out[1].sum(-1, keepdim=True), tuple(out[2:]))
+    from torch.export import Dim
+
     past_len = Dim("past", min=1, max=cfg.backbone.max_position)
     decode = Decode(vla, prefill.bin_head).eval()
     dec_shapes = {"token_ids": {0: batch}, "attention_mask": {0: batch, 1: past_len + 1}, "position_ids": {0: batch},

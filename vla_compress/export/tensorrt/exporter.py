@@ -29,6 +29,7 @@ from ..artifact import Artifact, hash_files, new_manifest, staged_dir
 from ..base import ExportError, Exporter
 from ..family import get_export_family, weights_fingerprint
 from ..parity import ParityReport, compare
+from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from .config import TensorRTExportConfig
 from .profiles import axis_ranges, graph_profile
 from .readiness import ReadinessReport, check_graph, require_ready
@@ -199,21 +200,16 @@ class TensorRTExporter(Exporter):
         m = artifact.manifest
         ready = {n: ReadinessReport(**{k: v for k, v in r.items() if k != "ok"}) for n, r in m.get("readiness", {}).items()}
         require_ready(ready, artifact.path)
-        if not observations:
-            raise ConfigError("validate needs at least one observation")
-        family = get_export_family(m["model"]["family"])
-        if family.head_meta(vla) != m["model"] or weights_fingerprint(vla) != m["source"].get("weights_sha256"):
-            raise ExportError(artifact.path, "the torch model given to validate() is not the one this artifact came from")
+        family = source_family(artifact, vla, observations)
         config = TensorRTExportConfig.from_dict(m["config"])
         head = m["model"]["head"]
-        t0 = time.perf_counter()
-        ref = family.torch_outputs(vla, observations)
+        ref, torch_s = torch_reference(family, vla, observations)
         processor = family.load_processor(artifact.path)
         t1 = time.perf_counter()
         graph = compare(head, ref, _run(OnnxGraphs(artifact, threads, ["CPUExecutionProvider"]), processor,
                                         observations, ref, config.max_batch), config.tolerance_for(head))
         t2 = time.perf_counter()
-        graph.timing_s = {"torch": t1 - t0, "onnxruntime": t2 - t1}
+        graph.timing_s = {"torch": torch_s, "onnxruntime": t2 - t1}
         m["graph_parity"] = graph.to_dict()
         runnable, why = engine_runnable(artifact)
         if not runnable:
@@ -223,18 +219,10 @@ class TensorRTExporter(Exporter):
             m["files"] = hash_files(artifact.path)
             artifact.save()
             return graph
-        try:
-            got = _run(TensorRTGraphs(artifact), processor, observations, ref, config.max_batch)
-        except Exception as e:  # an engine that cannot run is a failed artifact
-            m["error"], m["status"] = f"the engine could not be run: {type(e).__name__}: {e}", "failed"
-            artifact.save()
-            raise ExportError(artifact.path, m["error"]) from e
-        report = compare(head, ref, got, config.tolerance_for(head))
-        report.timing_s = {"torch": t1 - t0, "tensorrt": time.perf_counter() - t2}
-        m.pop("error", None)
+        got = run_or_fail(artifact, "TensorRT",
+                          lambda: _run(TensorRTGraphs(artifact), processor, observations, ref, config.max_batch))
         m.pop("validation_note", None)
-        artifact.record_validation(report)
-        return report
+        return record(artifact, ref, got, config.tolerance_for, {"torch": torch_s, "tensorrt": time.perf_counter() - t2})
 
 
 def _run(runner: Any, processor: Any, observations: list[dict], ref: dict, batch: int) -> dict[str, np.ndarray]:
@@ -242,10 +230,6 @@ def _run(runner: Any, processor: Any, observations: list[dict], ref: dict, batch
     (the engine's profile maximum); tokens heads are also run teacher-forced on the torch tokens."""
     outs = []
     for i in range(0, len(observations), batch):
-        feeds = processor(observations[i:i + batch])
-        got = runner.predict(feeds)
-        if "bins" in ref:
-            forced = runner.predict(feeds, force_bins=ref["bins"][i:i + batch])
-            got["bin_logits"], got["bins_teacher_forced"] = forced["bin_logits"], forced["bins"]
-        outs.append(got)
+        bins = ref["bins"][i:i + batch] if "bins" in ref else None
+        outs.append(runner_outputs(runner, processor(observations[i:i + batch]), ref, bins))
     return {k: np.concatenate([o[k] for o in outs], axis=0) for k in outs[0]}
