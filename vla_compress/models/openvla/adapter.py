@@ -32,6 +32,7 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import read_json, write_json
+from ...passes.tokens.state import restore_token_state, save_token_state
 from ..base import ActionSpec, TokenCounts, VLAAdapter
 from ..reference.adapter import load_strict
 from . import checkpoint_openvla as ckpt
@@ -121,6 +122,7 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
         main = {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] not in parts}
         ckpt.write_weights(main, path, max_shard_bytes)
         self._save_parts(path)
+        save_token_state(self, path)  # token_reduction.json: visual keep set / ToMe schedule, when reduced
         write_json(path / "config.json", self.cfg.to_dict())  # last: config.json marks a complete checkpoint
         return path
 
@@ -179,7 +181,7 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
         except ConfigError as e:
             raise CheckpointError(path, str(e)) from None
         load_strict(_WeightsView(model), state, weights_file)
-        return model.eval()
+        return restore_token_state(model, path).eval()
 
     @classmethod
     def _load(cls, cfg, tokenizer, images, common, parts, dtype) -> "_OpenVLABase":
@@ -250,7 +252,7 @@ class OpenVLA(_OpenVLABase):
         return ActionSpec(dim, 1, "tokens", n_bins=self.cfg.n_action_bins, tokens_per_step=dim)
 
     def token_counts(self, instruction: str | None = None) -> TokenCounts:
-        visual = self.cfg.patches_per_image
+        visual = self.visual_keep.numel() or self.cfg.patches_per_image
         return TokenCounts(visual=visual, text=self._text_tokens(instruction), proprio=0,
                            action=self.action_spec.tokens_per_step)
 
@@ -301,7 +303,8 @@ class OpenVLAOFT(_OpenVLABase):
     def token_counts(self, instruction: str | None = None) -> TokenCounts:
         spec = self.action_spec
         # action: K*A zero placeholders plus the stop token OFT appends after them
-        return TokenCounts(visual=self.cfg.patches_per_image * self.vision_backbone.num_images,
+        visual = self.visual_keep.numel() or self.cfg.patches_per_image * self.vision_backbone.num_images
+        return TokenCounts(visual=visual,
                            text=self._text_tokens(instruction), proprio=int(self.uses_state),
                            action=spec.chunk_size * spec.dim + 1)
 

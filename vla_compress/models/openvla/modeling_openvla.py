@@ -149,10 +149,16 @@ class OpenVLAModule(nn.Module):
         self.vision_backbone = PrismaticVisionBackbone(cfg, num_images)
         self.projector = PrismaticProjector(cfg.use_fused_vision_backbone, self.vision_backbone.embed_dim, cfg.llm_dim)
         self.language_model = LlamaForCausalLM(llama_config(cfg))
+        # Static keep set of visual tokens (indices into every image's patches, images in order), set
+        # by visual-token-prune; not a checkpoint tensor: passes/tokens/state.py saves it beside them.
+        self.register_buffer("visual_keep", torch.zeros(0, dtype=torch.long), persistent=False)
 
     # --- the sequence ----------------------------------------------------------------------------
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision_backbone(pixel_values))
+        tokens = self.projector(self.vision_backbone(pixel_values))
+        if self.visual_keep.numel():
+            tokens = tokens.index_select(1, self.visual_keep.to(tokens.device))
+        return tokens
 
     def sequence(self, inputs: dict, before_text: torch.Tensor | None = None, after_text: torch.Tensor | None = None):
         """Embeddings and 2-D mask of  <s> [visual] [before_text] [pad.. text] [after_text]."""

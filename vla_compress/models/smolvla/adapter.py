@@ -22,6 +22,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import read_json, save_safetensors, write_json
+from ...passes.tokens.state import restore_token_state, save_token_state
 from ..base import ActionSpec, TokenCounts, VLAAdapter
 from ..reference.adapter import load_strict
 from . import checkpoint_smolvla as ckpt
@@ -89,7 +90,7 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
     def token_counts(self, instruction: str | None = None) -> TokenCounts:
         """Visual tokens for every configured camera (+ empty cameras), the task's tokens as padded
         by the pipeline, one state token; `action`: the chunk's tokens, per Euler step."""
-        visual = len(self.cfg.image_features) * self.arch.tokens_per_image
+        visual = self.visual_keep.numel() or len(self.cfg.image_features) * self.arch.tokens_per_image
         text = self.processor.tokenizer([with_newline(instruction or DEFAULT_INSTRUCTION)])[0].shape[1]
         return TokenCounts(visual=visual, text=text, proprio=1, action=self.cfg.chunk_size)
 
@@ -154,6 +155,7 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         ckpt.write_files(self.side_files(), path)
         ckpt.write_files({f"{ckpt.VLM_SUBDIR}/{n}": b for n, b in self.vlm_files.items()}, path)
         save_safetensors(checkpoint_view(self).state_dict(), path / ckpt.WEIGHTS, metadata={"format": "pt"})
+        save_token_state(self, path)  # token_reduction.json: visual keep set / ToMe schedule, when reduced
         write_json(path / "config.json", self.cfg.to_dict())
         return path
 
@@ -178,7 +180,7 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
             model = cls(arch, processor, ckpt.read_side_files(path), ckpt.read_vlm_files(vlm_dir), noise_seed)
         model = model.to(dtype or torch.float32).to_empty(device="cpu")
         load_strict(checkpoint_view(model), state, weights_file)
-        return model.eval()
+        return restore_token_state(model, path).eval()
 
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs: Any) -> "SmolVLA":

@@ -250,6 +250,9 @@ class SmolVLAModule(nn.Module):
         self.proprio_projector = nn.Linear(p.max_state_dim, t.hidden_size)
         self.vlm_lm_head = None if t.tie_word_embeddings else nn.Linear(t.hidden_size, t.vocab_size, bias=False)
         self.image_token_ids: tuple[int, int] | None = None  # <fake_token_around_image>, <global-img> ids
+        # Static keep set of visual tokens (indices into the cameras' tokens, cameras in order), set by
+        # visual-token-prune; not a checkpoint tensor: passes/tokens/state.py saves it beside them.
+        self.register_buffer("visual_keep", torch.zeros(0, dtype=torch.long), persistent=False)
 
     # --- the prefix --------------------------------------------------------------------------------
     def embed_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -272,16 +275,25 @@ class SmolVLAModule(nn.Module):
             img = torch.cat([special[:, :, :2], img, special[:, :, 2:]], dim=2)
             ones = torch.ones(b, n, 1, dtype=torch.bool, device=img.device)
             img_mask = torch.cat([ones, ones, img_mask, ones], dim=2)
-        img = img.reshape(b, -1, d)
+        img, img_mask = img.reshape(b, -1, d), img_mask.reshape(b, -1)
+        dropped = 0
+        if self.visual_keep.numel():  # the kept visual tokens, image special tokens always kept
+            keep = self.visual_keep.to(img.device)
+            if self.arch.policy.add_image_special_tokens:  # camera i: [fake][global] t tokens [fake]
+                per, dev = t + 3, img.device
+                special = (torch.arange(n, device=dev)[:, None] * per + torch.tensor([0, 1, per - 1], device=dev))
+                keep = torch.cat([keep // t * per + 2 + keep % t, special.flatten()]).sort().values
+            dropped = img.shape[1] - keep.numel()
+            img, img_mask = img.index_select(1, keep), img_mask.index_select(1, keep)
         lang = embed(inputs["lang_tokens"])
         lang = lang * math.sqrt(lang.shape[-1])
         state = self.proprio_projector(inputs["state"].to(self.proprio_projector.weight.dtype))[:, None, :]
         embs = torch.cat([img, lang.to(img.dtype), state.to(img.dtype)], dim=1)
-        pad = torch.cat([img_mask.reshape(b, -1), inputs["lang_masks"].bool(),
+        pad = torch.cat([img_mask, inputs["lang_masks"].bool(),
                          torch.ones(b, 1, dtype=torch.bool, device=img.device)], dim=1)
         flags = torch.zeros_like(pad)
         flags[:, -1] = True
-        target = self.arch.policy.prefix_length
+        target = self.arch.policy.prefix_length - dropped
         if pad.shape[1] < target:  # LeRobot's prefix_length: zero-pad to a fixed length
             extra = target - pad.shape[1]
             embs = F.pad(embs, (0, 0, 0, extra))

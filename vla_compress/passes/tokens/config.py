@@ -61,5 +61,6 @@ class TokenMergeConfig(PassConfig):
         self.check_choice("mode", ("unmerge", "reduce"))
 
 
-register_pass(VisualTokenPruneConfig, "vla_compress.passes.tokens.fastv:prune_visual_tokens", families=("reference",))
-register_pass(TokenMergeConfig, "vla_compress.passes.tokens.tome:merge_tokens", families=("reference",))
+FAMILIES = ("reference", "openvla", "openvla-oft", "smolvla")
+register_pass(VisualTokenPruneConfig, "vla_compress.passes.tokens.fastv:prune_visual_tokens", families=FAMILIES)
+register_pass(TokenMergeConfig, "vla_compress.passes.tokens.tome:merge_tokens", families=FAMILIES)

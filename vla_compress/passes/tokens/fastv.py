@@ -27,19 +27,54 @@ from .config import VisualTokenPruneConfig
 def prune_visual_tokens(vla: Any, config: VisualTokenPruneConfig, context: PassContext) -> Any:
     import torch
 
-    cfg = vla.cfg
-    if config.layer >= len(vla.backbone.layers):
-        raise config.error("layer", f"the backbone has {len(vla.backbone.layers)} layers; layer must be below that")
-    attn = vla.backbone.layers[config.layer].self_attn
+    n_layers = len(vla.backbone.layers)
+    if config.layer >= n_layers:
+        raise config.error("layer", f"the backbone has {n_layers} layers; layer must be below that")
     old_keep = vla.visual_keep
     vla.visual_keep = torch.zeros(0, dtype=torch.long, device=old_keep.device)  # rank every token
+    try:
+        if vla.family == "smolvla":
+            from .fastv_smolvla import rank_smolvla
+
+            full = vla.token_counts().visual
+            score, rows = rank_smolvla(vla, config.layer, context.calibration, full)
+        else:
+            first = next(iter(context.calibration))
+            with torch.no_grad():
+                pixels = first["pixel_values"].to(next(vla.parameters()).dtype)
+                full = vla.visual_tokens(pixels).shape[1]
+            score, rows = rank_llama(vla, config.layer, context.calibration, full)
+    finally:
+        vla.visual_keep = old_keep
+    budget = config.budget or max(1, round(full * config.keep_ratio))
+    if budget > full:
+        raise config.error("budget", f"{budget} is more than the {full} visual tokens the model produces")
+    if score is None:
+        raise PassError(f"pass {config.name!r}: backbone layer {config.layer} never ran on the calibration data")
+    score = score / max(rows, 1)
+    keep = torch.sort(torch.topk(score, budget).indices).values
+    vla.visual_keep = keep.to(old_keep.device)
+    if vla.family == "reference":  # its config records the budget (the keep set is in the state dict)
+        new_cfg = replace(vla.cfg, visual_token_budget=budget)
+        vla.cfg = new_cfg
+        vla.processor.cfg = new_cfg
+    context.notes.update({"visual_tokens_before": full, "visual_tokens_after": budget, "layer": config.layer,
+                          "kept": keep.tolist(),
+                          "attention_mass_kept": round(float(score[keep].sum() / score.sum()), 4)})
+    return vla
+
+
+def rank_llama(vla: Any, layer: int, calibration: Any, n_vis: int) -> tuple[Any, int]:
+    """Summed attention (mean over heads) that visual tokens 1..n_vis (after BOS) receive from the
+    positions after them at HF Llama backbone layer `layer`, over every prefill and decode step;
+    and the number of query rows summed."""
+    attn = vla.backbone.layers[layer].self_attn
     hf = vla.backbone.config
     old_impl = hf._attn_implementation
-    state: dict[str, Any] = {"score": None, "rows": 0, "n_vis": None}
+    state: dict[str, Any] = {"score": None, "rows": 0}
 
     def hook(module, args, output):
         w = output[1]  # (B, heads, q, k): eager attention returns the probabilities
-        n_vis = state["n_vis"]
         q, k = w.shape[-2], w.shape[-1]
         rows = w[..., 1 + n_vis:, :] if q == k else w  # prefill: non-visual rows; decode: the new token
         s = rows[..., 1:1 + n_vis].float().mean(1).sum((0, 1))  # mean over heads, sum over rows
@@ -47,27 +82,8 @@ def prune_visual_tokens(vla: Any, config: VisualTokenPruneConfig, context: PassC
         state["rows"] += rows.shape[0] * rows.shape[-2]
 
     try:
-        first = next(iter(context.calibration))
-        with torch.no_grad():
-            state["n_vis"] = vla.visual_tokens(first["pixel_values"]).shape[1]
         hf._attn_implementation = "eager"  # sdpa does not return attention probabilities
-        run(vla, context.calibration, {attn: hook}, pre=False)
+        run(vla, calibration, {attn: hook}, pre=False)
     finally:
         hf._attn_implementation = old_impl
-        vla.visual_keep = old_keep
-    full = state["n_vis"]
-    budget = config.budget or max(1, round(full * config.keep_ratio))
-    if budget > full:
-        raise config.error("budget", f"{budget} is more than the {full} visual tokens the model produces")
-    if state["score"] is None:
-        raise PassError(f"pass {config.name!r}: backbone layer {config.layer} never ran on the calibration data")
-    score = state["score"] / max(state["rows"], 1)
-    keep = torch.sort(torch.topk(score, budget).indices).values
-    vla.visual_keep = keep.to(old_keep.device)
-    new_cfg = replace(cfg, visual_token_budget=budget)
-    vla.cfg = new_cfg
-    vla.processor.cfg = new_cfg
-    context.notes.update({"visual_tokens_before": full, "visual_tokens_after": budget, "layer": config.layer,
-                          "kept": keep.tolist(),
-                          "attention_mass_kept": round(float(score[keep].sum() / score.sum()), 4)})
-    return vla
+    return state["score"], state["rows"]

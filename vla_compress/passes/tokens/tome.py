@@ -114,6 +114,10 @@ def schedule(n_tokens: int, n_layers: int, config: TokenMergeConfig) -> list[int
 
 
 def merge_tokens(vla: Any, config: TokenMergeConfig, context: PassContext) -> Any:
+    if vla.family != "reference":
+        from .tome_families import merge_tokens_family
+
+        return merge_tokens_family(vla, config, context)
     cfg = vla.cfg
     ve = vla.vision_encoder
     if isinstance(ve.encoder, ToMeEncoder):

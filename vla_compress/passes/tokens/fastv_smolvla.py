@@ -1,0 +1,96 @@
+"""FastV-style ranking of SmolVLA's visual tokens.
+
+SmolVLA's prefix is [camera 1 tokens] ... [camera N tokens] [language] [state] (each camera's
+tokens framed by [fake][global] ... [fake] when add_image_special_tokens); the action expert's
+queries then read the prefix keys/values of every VLM layer, by self-attention over
+[prefix; actions] or by cross-attention, at every Euler step. A visual token's score at VLM layer
+K is the attention it receives, averaged over heads and summed over query rows, from
+  - the real language and state rows of the prefill at layer K (the non-visual prefix positions),
+  - the expert's action queries at the same depth (when an expert layer sits there), every step,
+computed with the model's own attention arithmetic (`modeling_smolvla.attend`: GQA by repeating
+KV heads, float32 logits scaled by head_dim^-0.5, masked entries excluded).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...models.smolvla.modeling_smolvla import apply_rope
+from ..calibration import run
+
+
+def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """q (B, Lq, H, D), k (B, Lk, KV, D), mask (B, Lq, Lk) bool -> probabilities (B, H, Lq, Lk)."""
+    groups = q.shape[2] // k.shape[2]
+    k = k.repeat_interleave(groups, dim=2) if groups > 1 else k
+    scores = torch.matmul(q.float().transpose(1, 2), k.float().permute(0, 2, 3, 1)) * q.shape[-1] ** -0.5
+    scores = torch.where(mask[:, None], scores, torch.finfo(torch.float32).min)
+    return torch.softmax(scores, dim=-1)
+
+
+def visual_positions(vla: Any, n_vis: int) -> tuple[torch.Tensor, int]:
+    """Prefix index of every visual token (cameras in order) and the length of the image block."""
+    n = len(vla.cfg.image_features)
+    t = n_vis // n
+    if not vla.cfg.add_image_special_tokens:
+        return torch.arange(n_vis), n_vis
+    per = t + 3
+    idx = torch.arange(n_vis)
+    return idx // t * per + 2 + idx % t, n * per
+
+
+def rank_smolvla(vla: Any, layer: int, calibration: Any, n_vis: int) -> tuple[torch.Tensor | None, int]:
+    """(summed scores (n_vis,), query rows summed) over the calibration set; see the module docstring."""
+    vis, img_len = visual_positions(vla, n_vis)
+    vlm_layer = vla.backbone.layers[layer]
+    plan = vla.action_head.plan[layer]
+    expert = vla.action_head.lm_expert.layers[plan.expert] if plan.expert is not None else None
+    state: dict[str, Any] = {"score": None, "rows": 0, "mask": None}
+
+    def add(probs: torch.Tensor, row_mask: torch.Tensor) -> None:
+        """probs (B, H, Lq, Lk): add the visual columns of the rows in row_mask (B, Lq)."""
+        cols = probs[..., vis.to(probs.device)].mean(1)  # (B, Lq, n_vis)
+        s = (cols * row_mask[..., None].float()).sum((0, 1))
+        state["score"] = s if state["score"] is None else state["score"] + s
+        state["rows"] += int(row_mask.sum())
+
+    def pre_backbone(module, args):
+        state["mask"] = args[1]  # TextModel.forward(embeds, mask, positions)
+
+    original_qkv = vlm_layer.qkv
+
+    def qkv(x, positions):
+        q, k, v = original_qkv(x, positions)
+        mask = state["mask"]
+        probs = attention_probs(q[:, img_len:], k, mask[:, img_len:])
+        add(probs, mask.diagonal(dim1=1, dim2=2)[:, img_len:])  # real (unpadded) language + state rows
+        return q, k, v
+
+    hooks: dict[Any, Any] = {vla.backbone: pre_backbone}
+    if expert is not None:
+        name = "self_step" if plan.kind == "self" else "cross_step"
+        original_step = getattr(expert, name)
+
+        def step(x, positions, prefix_kv, mask):
+            a = expert.self_attn
+            if plan.kind == "self":
+                q, k, _ = expert.qkv(x, positions)
+                keys = torch.cat([prefix_kv[0], k], dim=1)
+            else:
+                q = apply_rope(a.split(a.q_proj(expert.input_layernorm(x))), positions)
+                pk = prefix_kv[0]
+                keys = a.split(a.k_proj(pk.reshape(*pk.shape[:2], -1).to(a.k_proj.weight.dtype)))
+            add(attention_probs(q, keys, mask), torch.ones(q.shape[:2], dtype=torch.bool, device=q.device))
+            return original_step(x, positions, prefix_kv, mask)
+
+        setattr(expert, name, step)
+    vlm_layer.qkv = qkv
+    try:
+        run(vla, calibration, hooks)
+    finally:
+        del vlm_layer.qkv
+        if expert is not None:
+            delattr(expert, "self_step" if plan.kind == "self" else "cross_step")
+    return state["score"], state["rows"]
