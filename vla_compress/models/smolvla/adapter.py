@@ -90,7 +90,9 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
     def token_counts(self, instruction: str | None = None) -> TokenCounts:
         """Visual tokens for every configured camera (+ empty cameras), the task's tokens as padded
         by the pipeline, one state token; `action`: the chunk's tokens, per Euler step."""
-        visual = self.visual_keep.numel() or len(self.cfg.image_features) * self.arch.tokens_per_image
+        visual = len(self.cfg.image_features) * self.arch.tokens_per_image
+        if self.visual_keep.numel():  # a token-pruned model: the kept ones, and every image special token
+            visual = self.visual_keep.numel() + len(self.cfg.image_features) * 3 * self.cfg.add_image_special_tokens
         text = self.processor.tokenizer([with_newline(instruction or DEFAULT_INSTRUCTION)])[0].shape[1]
         return TokenCounts(visual=visual, text=text, proprio=1, action=self.cfg.chunk_size)
 
@@ -176,8 +178,15 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         except ConfigError as e:
             raise CheckpointError(path / "config.json", str(e)) from None
         state, weights_file = ckpt.read_weights(path)
-        with torch.device("meta"):  # no random init of what the file overwrites
-            model = cls(arch, processor, ckpt.read_side_files(path), ckpt.read_vlm_files(vlm_dir), noise_seed)
+        from ...passes.prune.surgery import parse_layer_sizes, restore_layer_sizes
+
+        try:  # structured pruning records per-layer sizes under the config's `vla_compress` key
+            sizes = parse_layer_sizes((cfg.raw.get("vla_compress") or {}).get("layer_sizes"), "vla_compress")
+            with torch.device("meta"):  # no random init of what the file overwrites
+                model = cls(arch, processor, ckpt.read_side_files(path), ckpt.read_vlm_files(vlm_dir), noise_seed)
+                restore_layer_sizes(model, sizes, "vla_compress")
+        except ConfigError as e:
+            raise CheckpointError(path / "config.json", str(e)) from None
         model = model.to(dtype or torch.float32).to_empty(device="cpu")
         load_strict(checkpoint_view(model), state, weights_file)
         return restore_token_state(model, path).eval()

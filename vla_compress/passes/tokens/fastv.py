@@ -34,9 +34,9 @@ def prune_visual_tokens(vla: Any, config: VisualTokenPruneConfig, context: PassC
     vla.visual_keep = torch.zeros(0, dtype=torch.long, device=old_keep.device)  # rank every token
     try:
         if vla.family == "smolvla":
-            from .fastv_smolvla import rank_smolvla
+            from .fastv_smolvla import patch_tokens, rank_smolvla
 
-            full = vla.token_counts().visual
+            full = patch_tokens(vla)
             score, rows = rank_smolvla(vla, config.layer, context.calibration, full)
         else:
             first = next(iter(context.calibration))

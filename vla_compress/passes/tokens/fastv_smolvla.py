@@ -30,6 +30,12 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.softmax(scores, dim=-1)
 
 
+def patch_tokens(vla: Any) -> int:
+    """Visual tokens of every camera, without the image special tokens (what a keep set indexes)."""
+    specials = 3 if vla.cfg.add_image_special_tokens else 0
+    return len(vla.cfg.image_features) * (vla.arch.tokens_per_image - specials)
+
+
 def visual_positions(vla: Any, n_vis: int) -> tuple[torch.Tensor, int]:
     """Prefix index of every visual token (cameras in order) and the length of the image block."""
     n = len(vla.cfg.image_features)

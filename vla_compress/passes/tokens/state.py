@@ -26,7 +26,11 @@ FORMAT_VERSION = 1
 
 
 def full_visual_tokens(vla: Any) -> int:
-    """Visual tokens the model produces without a keep set (every camera / image)."""
+    """Visual tokens a keep set indexes: every camera's / image's (not SmolVLA's image special tokens)."""
+    if vla.family == "smolvla":
+        from .fastv_smolvla import patch_tokens
+
+        return patch_tokens(vla)
     keep = vla.visual_keep
     if not keep.numel():
         return vla.token_counts().visual
