@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -99,8 +100,10 @@ def test_missing_calibration_and_unsupported_family(fresh, openvla_model):
     vla = fresh("regression")
     with pytest.raises(PassError, match="'layer-drop' needs calibration data"):
         apply_passes(vla, [LayerDropConfig(num_layers=1)])
-    with pytest.raises(PassError, match="'width-prune' supports the reference family, not 'openvla'"):
-        apply_passes(openvla_model, [WidthPruneConfig(mlp_ratio=0.5)], context_for(openvla_model))
+    other = types.SimpleNamespace(family="pi0")  # a family no pass has a layout for
+    with pytest.raises(PassError, match="'width-prune' supports the reference, openvla, openvla-oft, smolvla "
+                                        "families, not 'pi0'"):
+        apply_passes(other, [WidthPruneConfig(mlp_ratio=0.5)], context_for(openvla_model))
 
 
 def test_apply_passes_records_the_log(fresh):

@@ -17,7 +17,6 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from .base import PassContext
-from .prune.surgery import LAYER_PREFIX, layer_stack
 
 KINDS = ("layer-drop", "width-prune", "visual-token-prune", "int8", "int4")
 RATIOS = (0.25, 0.5, 0.75)
@@ -28,20 +27,28 @@ def candidates(vla: Any, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, list
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ConfigError(f"unknown sweep kind(s) {unknown}; known: {', '.join(KINDS)}")
+    from .prune.layout import family_stacks
+
     comps = vla.components()
     out: list[tuple[str, list[dict]]] = []
-    prunable = [c for c in LAYER_PREFIX if c in comps]
+    stacks = family_stacks(vla)
     if "layer-drop" in kinds:
-        for comp in prunable:
-            for i in range(len(layer_stack(vla, comp))):
-                out.append((f"layer-drop {comp}[{i}]", [{"pass": "layer-drop", "num_layers": 1, "where": {
-                    "components": [comp], "include": [f"{LAYER_PREFIX[comp]}.{i}"]}}]))
+        for st in stacks:
+            if st.no_drop:
+                continue
+            b = st.drop_block
+            for i in range(0, st.n_active() - b + 1, b):
+                label = f"{st.name}[{i}]" if b == 1 else f"{st.name}[{i}:{i + b}]"
+                out.append((f"layer-drop {label}", [{"pass": "layer-drop", "num_layers": b, "where": {
+                    "components": [st.component], "include": [f"{st.prefix}.{i + j}" for j in range(b)]}}]))
     if "width-prune" in kinds:
+        prunable = list(dict.fromkeys(st.component for st in stacks))
         for comp in prunable:
+            gqa = {"gqa": "query_heads"} if any(st.kv_locked for st in stacks if st.component == comp) else {}
             for r in RATIOS:
                 out.append((f"width-prune {comp} mlp {r:.0%}", [{"pass": "width-prune", "mlp_ratio": r, "where": comp}]))
                 out.append((f"width-prune {comp} heads {r:.0%}",
-                            [{"pass": "width-prune", "heads_ratio": r, "where": comp}]))
+                            [{"pass": "width-prune", "heads_ratio": r, "where": comp, **gqa}]))
     if "visual-token-prune" in kinds and getattr(vla, "family", "") == "reference":
         for r in RATIOS:
             out.append((f"visual-token-prune keep {1 - r:.0%}", [{"pass": "visual-token-prune", "keep_ratio": 1 - r}]))

@@ -194,8 +194,11 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
         Non-persistent buffers (Llama's rotary inv_freq) are rebuilt since to_empty leaves them unset."""
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
+        from ...passes.prune.surgery import restore_layer_sizes
+
         with torch.device("meta"):
             model = cls(*args, **kwargs)
+            restore_layer_sizes(model, model.cfg.settings.layer_sizes, "config.json vla_compress")  # pruned shapes
         model.to(dtype).to_empty(device="cpu")
         lm = model.language_model
         lm.model.rotary_emb = LlamaRotaryEmbedding(config=lm.config)

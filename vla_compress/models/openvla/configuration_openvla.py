@@ -104,7 +104,10 @@ class AdapterSettings:
     unnorm_key: str | None = None
     normalization: str = "bounds_q99"  # OFT ACTION_PROPRIO_NORMALIZATION_TYPE: "bounds_q99" | "bounds"
     center_crop: bool = False  # OFT/LIBERO eval: 90%-area center crop, resized back (TF crop_and_resize)
-    vision_backbone_overrides: tuple[dict, ...] = ()  # tiny fixtures: per-branch ViT sizes
+    vision_backbone_overrides: tuple[dict, ...] = ()  # tiny fixtures: per-branch ViT sizes (pruning: depth)
+    # structured pruning (passes/prune): {stack: [[heads, kv_heads, mlp], ...]} of layers whose sizes the
+    # native keys cannot express (non-uniform Llama layers, ViT heads / MLP widths)
+    layer_sizes: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.normalization not in ("bounds_q99", "bounds"):
@@ -132,6 +135,11 @@ class AdapterSettings:
         if d.get("cameras") is not None:
             d["cameras"] = tuple(str(c) for c in d["cameras"])
         d["vision_backbone_overrides"] = tuple(dict(o) for o in d.get("vision_backbone_overrides") or ())
+        if d.get("layer_sizes") is not None:
+            from ...passes.prune.surgery import parse_layer_sizes
+
+            d["layer_sizes"] = {k: [list(r) for r in v]
+                                for k, v in parse_layer_sizes(d["layer_sizes"], SETTINGS_KEY).items()}
         return cls(**d)
 
 

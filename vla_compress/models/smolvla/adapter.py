@@ -178,8 +178,15 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         except ConfigError as e:
             raise CheckpointError(path / "config.json", str(e)) from None
         state, weights_file = ckpt.read_weights(path)
-        with torch.device("meta"):  # no random init of what the file overwrites
-            model = cls(arch, processor, ckpt.read_side_files(path), ckpt.read_vlm_files(vlm_dir), noise_seed)
+        from ...passes.prune.surgery import parse_layer_sizes, restore_layer_sizes
+
+        try:  # structured pruning records per-layer sizes under the config's `vla_compress` key
+            sizes = parse_layer_sizes((cfg.raw.get("vla_compress") or {}).get("layer_sizes"), "vla_compress")
+            with torch.device("meta"):  # no random init of what the file overwrites
+                model = cls(arch, processor, ckpt.read_side_files(path), ckpt.read_vlm_files(vlm_dir), noise_seed)
+                restore_layer_sizes(model, sizes, "vla_compress")
+        except ConfigError as e:
+            raise CheckpointError(path / "config.json", str(e)) from None
         model = model.to(dtype or torch.float32).to_empty(device="cpu")
         load_strict(checkpoint_view(model), state, weights_file)
         return restore_token_state(model, path).eval()

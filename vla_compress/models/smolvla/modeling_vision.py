@@ -62,10 +62,11 @@ class VisionAttention(nn.Module):
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        heads = lambda t: t.view(b, n, self.num_heads, d // self.num_heads).transpose(1, 2)  # noqa: E731
+        b, n, _ = x.shape
+        # head width from the projection (-1), not d // num_heads: width-pruning removes whole heads
+        heads = lambda t: t.view(b, n, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         out = F.scaled_dot_product_attention(heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x)))
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 
 class VisionMLP(nn.Module):

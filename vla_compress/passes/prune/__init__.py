@@ -1,5 +1,6 @@
 """Structured pruning that leaves a smaller dense model: whole layers (layer-drop) and attention
-heads / MLP channels (width-prune), for the reference family's Llama backbone and SigLIP encoder."""
+heads / MLP channels (width-prune), for every family with a layout in layout.py (reference,
+OpenVLA, OpenVLA-OFT, SmolVLA)."""
 
 from .config import LayerDropConfig, WidthPruneConfig
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from ..base import CALIBRATION, PassConfig
 from ..registry import register_pass
 
-_PRUNABLE = ("backbone", "vision_encoder")
+_PRUNABLE = ("backbone", "vision_encoder", "action_head")  # action_head: SmolVLA's expert layers
+_FAMILIES = ("reference", "openvla", "openvla-oft", "smolvla")  # those with a layout in layout.py
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class LayerDropConfig(PassConfig):
     arccos(cos(h_l, h_{l+n}))/pi; the contiguous block of n layers with the smallest distance goes.
     Give `num_layers` (per component) or `ratio` (fraction of each component's layers).
     `where.include` patterns (backbone.layers.3, ...) restrict which layers may be dropped.
+    SmolVLA: backbone layers go in aligned blocks of `self_attn_every_n_layers` together with their
+    action-expert layers (num_layers must be a multiple of the block); the expert's layers alone
+    cannot be dropped. OpenVLA's vision_encoder holds two ViTs: each drops `num_layers`.
     """
 
     name = "layer-drop"
@@ -54,6 +58,8 @@ class WidthPruneConfig(PassConfig):
     layer keeps at least one head and `round_to` channels; sizes are recorded per layer).
     round_to: kept MLP widths are multiples of this (e.g. 32 for int4 groups, 256 for K-quants).
     `where.include` / `exclude` patterns on layers (backbone.layers.1, ...) limit which layers shrink.
+    SmolVLA's backbone and action_head keep their KV heads (the expert reads the VLM's keys/values):
+    use gqa "query_heads" there.
     """
 
     name = "width-prune"
@@ -81,5 +87,5 @@ class WidthPruneConfig(PassConfig):
         return frozenset({CALIBRATION}) if self.importance == "wanda" else frozenset()
 
 
-register_pass(LayerDropConfig, "vla_compress.passes.prune.layers:drop_layers", families=("reference",))
-register_pass(WidthPruneConfig, "vla_compress.passes.prune.width:prune_width", families=("reference",))
+register_pass(LayerDropConfig, "vla_compress.passes.prune.layers:drop_layers", families=_FAMILIES)
+register_pass(WidthPruneConfig, "vla_compress.passes.prune.width:prune_width", families=_FAMILIES)

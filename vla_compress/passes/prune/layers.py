@@ -4,7 +4,11 @@ ShortGPT (Men et al. 2024): a layer whose output is nearly parallel to its input
 BI_i = 1 - E_t[cos(h_i,t, h_i+1,t)]. Gromov et al. 2024 ("The Unreasonable Ineffectiveness of the
 Deeper Layers"): the block of n consecutive layers whose input and output are closest in angle,
 d(l, n) = E_t[arccos(cos(h_l,t, h_l+n,t))] / pi, is removed as a whole. Both are measured on the
-calibration observations over every token position of a policy step.
+calibration observations over every token position of a policy step, on the residual stream at the
+layer boundaries the family's layout names (layout.py). Where a family drops layers in blocks
+(SmolVLA: a self- and a cross-attention layer with their action-expert layers), a unit is a block and
+its influence is measured across the block on the action expert's residual stream, the path to the
+actions.
 """
 
 from __future__ import annotations
@@ -13,92 +17,129 @@ import math
 from typing import Any
 
 from ...errors import PassError
-from ..base import PassContext, scoped_components, scoped_modules
+from ..base import PassContext
 from ..calibration import run
 from .config import LayerDropConfig
-from .surgery import LAYER_PREFIX, check_float, layer_stack, sync_config
+from .family_config import sync_config
+from .layout import Stack, scoped_layers
+from .surgery import check_layer_float
 
 
-class _Angles:
-    """Forward hooks on every layer of a stack accumulating E_t[cos] (per layer) and
-    E_t[arccos cos / pi] (per block of n layers ending at each layer)."""
+class _Stream:
+    """Hooks on the boundaries of one residual stream accumulating E_t[cos] and E_t[arccos cos / pi]
+    between chosen pairs of boundaries (a pass through the stack fires boundaries 0..n in order)."""
 
-    def __init__(self, n_layers: int, block: int):
-        self.block = block
-        self.cos = [0.0] * n_layers
-        self.angle = [0.0] * n_layers  # indexed by the block's first layer
-        self.count = [0] * n_layers
-        self.inputs: dict[int, Any] = {}
+    def __init__(self, n_boundaries: int, pairs: list[tuple[int, int]]):
+        self.n = n_boundaries
+        self.pairs = pairs
+        self.cos = {p: 0.0 for p in pairs}
+        self.angle = {p: 0.0 for p in pairs}
+        self.count = {p: 0 for p in pairs}
+        self.fired = [0] * n_boundaries
+        self.h: dict[int, Any] = {}
 
-    def hook(self, i: int):
+    def hook(self, b: int, kind: str):
         import torch.nn.functional as F
 
-        def fn(module, args, output):
-            h_in = args[0].detach().float()
-            h_out = (output[0] if isinstance(output, tuple) else output).detach().float()
-            self.inputs[i] = h_in
-            self.cos[i] += F.cosine_similarity(h_in, h_out, dim=-1).sum().item()
-            self.count[i] += h_in.shape[0] * h_in.shape[1]
-            start = i - self.block + 1
-            if start >= 0 and start in self.inputs:
-                c = F.cosine_similarity(self.inputs[start], h_out, dim=-1).clamp(-1, 1)
-                self.angle[start] += (c.acos() / math.pi).sum().item()
-            if i == len(self.cos) - 1:
-                self.inputs.clear()
+        def fn(module, args, output=None):
+            t = args[0] if kind == "pre" else (output[0] if isinstance(output, tuple) else output)
+            self.h[b] = t.detach().float()
+            self.fired[b] += 1
+            for p in self.pairs:
+                if p[1] == b and p[0] in self.h and self.h[p[0]].shape == self.h[b].shape:
+                    c = F.cosine_similarity(self.h[p[0]], self.h[b], dim=-1).clamp(-1, 1)
+                    self.cos[p] += c.sum().item()
+                    self.angle[p] += (c.acos() / math.pi).sum().item()
+                    self.count[p] += c.numel()
+            if b == self.n - 1:
+                self.h.clear()
         return fn
 
-    def block_influence(self) -> list[float]:
-        return [1.0 - c / max(n, 1) for c, n in zip(self.cos, self.count)]
+    def influence(self, p: tuple[int, int]) -> float:
+        return 1.0 - self.cos[p] / max(self.count[p], 1)
 
-    def block_distance(self) -> list[float]:
-        return [a / max(n, 1) for a, n in zip(self.angle, self.count)]
+    def distance(self, p: tuple[int, int]) -> float:
+        return self.angle[p] / max(self.count[p], 1)
+
+
+def _plan(stack: Stack, in_scope: set[int], config: LayerDropConfig) -> tuple[int, list[int], int]:
+    """(units to drop, units in scope, block size) for one stack; units are aligned blocks of layers."""
+    if stack.no_drop:
+        raise PassError(f"pass {config.name!r}: {stack.no_drop}")
+    block = stack.drop_block
+    n = stack.n_active()
+    n_units = n // block
+    allowed = [u for u in range(n_units) if all(u * block + j in in_scope for j in range(block))]
+    unit = "layers" if block == 1 else f"blocks of {block} layers"
+    if config.num_layers:
+        if config.num_layers % block:
+            raise config.error("num_layers", f"{stack.name} drops layers in aligned blocks of {block} (a self- and "
+                                             f"a cross-attention layer with their action-expert layers); "
+                                             f"{config.num_layers} is not a multiple of {block}")
+        k = config.num_layers // block
+    else:
+        k = math.floor(n_units * config.ratio)
+    if k == 0:
+        raise config.error("ratio", f"{config.ratio} of {stack.name}'s {n_units} {unit} drops no layer")
+    if k >= n_units:
+        raise config.error("num_layers", f"cannot drop {k * block} of {stack.name}'s {n} layers "
+                                         f"(at least one {'layer' if block == 1 else 'block'} must stay)")
+    if k > len(allowed):
+        raise config.error("num_layers", f"{k} {unit} requested but only {len(allowed)} of {stack.name}'s {unit} "
+                                         f"are in scope ({[u * block for u in allowed]})")
+    for layer in stack.layers:
+        check_layer_float(layer)
+    if stack.drop_with is not None:
+        for layer in stack.drop_with.layers:
+            check_layer_float(layer)
+    return k, allowed, block
 
 
 def drop_layers(vla: Any, config: LayerDropConfig, context: PassContext) -> Any:
-    plans = {}
-    for comp in scoped_components(vla, config):
-        layers = layer_stack(vla, comp)
-        n = len(layers)
-        names = {f"{LAYER_PREFIX[comp]}.{i}": layer for i, layer in enumerate(layers)}
-        allowed = [int(k.rsplit(".", 1)[1]) for k in scoped_modules(vla, config, candidates=names)]
-        k = config.num_layers or math.floor(n * config.ratio)
-        if k == 0:
-            raise config.error("ratio", f"{config.ratio} of {comp}'s {n} layers drops no layer")
-        if k >= n:
-            raise config.error("num_layers", f"cannot drop {k} of {comp}'s {n} layers (at least one must stay)")
-        if k > len(allowed):
-            raise config.error("num_layers", f"{k} layers requested but only {len(allowed)} of {comp}'s layers "
-                                             f"are in scope ({allowed})")
-        for layer in layers:
-            check_float(*(m for m in layer.modules() if "Linear" in type(m).__name__))
-        plans[comp] = (k, allowed, _Angles(n, k))
-    hooks = {}
-    for comp, (_, _, angles) in plans.items():
-        for i, layer in enumerate(layer_stack(vla, comp)):
-            hooks[layer] = angles.hook(i)
-    run(vla, context.calibration, hooks, pre=False)
+    """Drop the lowest-scoring layers (or blocks) of each stack in scope, rebuild the smaller stack and
+    write its new depth into the family's config."""
+    plans = []
+    for stack, idx in scoped_layers(vla, config):
+        k, allowed, block = _plan(stack, set(idx), config)
+        score = stack.score_on or stack
+        n_units = stack.n_active() // block
+        pairs = [(u * block, (u + 1) * block) for u in range(n_units)]
+        if config.metric == "angular":
+            pairs = [(s * block, (s + k) * block) for s in range(n_units - k + 1)]
+        stream = _Stream(score.n_active() + 1, pairs)
+        plans.append((stack, k, allowed, block, stream, score))
+    handles = []
+    try:
+        for stack, _, _, _, stream, score in plans:
+            for b, (module, kind) in enumerate(score.taps()):
+                reg = module.register_forward_pre_hook if kind == "pre" else module.register_forward_hook
+                handles.append(reg(stream.hook(b, kind)))
+        run(vla, context.calibration)
+    finally:
+        for h in handles:
+            h.remove()
 
-    for comp, (k, allowed, angles) in plans.items():
-        layers = layer_stack(vla, comp)
+    for stack, k, allowed, block, stream, score in plans:
+        if not all(stream.fired) or not all(stream.count.values()):
+            raise PassError(f"pass {config.name!r}: some {score.name} layers never ran on the calibration data")
         if config.metric == "block_influence":
-            scores = angles.block_influence()
-            drop = sorted(sorted(allowed, key=lambda i: scores[i])[:k])
+            scores = [stream.influence(p) for p in stream.pairs]
+            drop_units = sorted(sorted(allowed, key=lambda u: scores[u])[:k])
         else:
-            scores = angles.block_distance()
-            starts = [s for s in range(len(layers) - k + 1) if all(s + j in allowed for j in range(k))]
+            scores = [stream.distance(p) for p in stream.pairs]
+            starts = [s for s in range(len(scores)) if all(s + j in allowed for j in range(k))]
             if not starts:
-                raise config.error("where.include", f"no {k} consecutive layers of {comp} are all in scope")
+                raise config.error("where.include", f"no {k} consecutive layers of {stack.name} are all in scope")
             best = min(starts, key=lambda s: scores[s])
-            drop = list(range(best, best + k))
-        if any(angles.count[i] == 0 for i in allowed):
-            raise PassError(f"pass {config.name!r}: some {comp} layers never ran on the calibration data")
-        keep = [i for i in range(len(layers)) if i not in drop]
-        layers_new = type(layers)([layers[i] for i in keep])
-        if comp == "backbone":
-            vla.backbone.layers = layers_new
-        else:
-            vla.vision_encoder.encoder.layers = layers_new
-        sync_config(vla, comp)
-        context.notes[comp] = {"metric": config.metric, "dropped": drop, "kept": keep,
-                               "scores": [round(s, 6) for s in scores]}
+            drop_units = list(range(best, best + k))
+        drop = [u * block + j for u in drop_units for j in range(block)]
+        keep = [i for i in range(len(stack.layers)) if i not in drop]
+        for s in [stack] + ([stack.drop_with] if stack.drop_with is not None else []):
+            layers = s.layers
+            setattr(s.owner, s.attr, type(layers)([layers[i] for i in keep]))
+        sync_config(vla, stack)
+        context.notes[stack.name] = {"metric": config.metric, "dropped": drop, "kept": keep,
+                                     "scores": [round(s, 6) for s in scores]}
+        if stack.drop_with is not None:
+            context.notes[stack.name]["dropped_with"] = {stack.drop_with.name: drop}
     return vla

@@ -1,33 +1,18 @@
-"""Model surgery for the reference family: where the layers are, slicing Linear layers, and writing
-the new sizes back into the config so save_pretrained / from_pretrained rebuild the same shapes.
+"""Model surgery on a layout's stacks (layout.py): slicing Linear layers to keep some heads / MLP
+channels, and rebuilding pruned shapes when a checkpoint is loaded.
 
-Layouts (transformers 5.x): Llama decoder layers at `backbone.layers` (self_attn.{q,k,v,o}_proj,
-mlp.{gate,up,down}_proj, no biases); SigLIP encoder layers at `vision_encoder.encoder.layers`
-(self_attn.{q,k,v,out}_proj, mlp.fc1/fc2, with biases). Both attention modules infer the head
-count from the projection widths (`view(..., -1, head_dim)`), so slicing the projections is enough
-apart from Llama's `num_key_value_groups` (the repeat_kv factor) which is set per layer.
+Every attention module here infers its head count from the projection widths (HF Llama/SigLIP view
+`(..., -1, head_dim)`; timm's `Attention` and SmolVLA's modules reshape with -1), so slicing the
+projections is enough apart from the few attributes set per layer: HF Llama's
+`num_key_value_groups` (the repeat_kv factor), and `num_heads` / `num_kv_heads` where a module has them.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
-from ...errors import PassError
-
-LAYER_PREFIX = {"backbone": "backbone.layers", "vision_encoder": "vision_encoder.encoder.layers"}
-
-
-def layer_stack(vla: Any, component: str):
-    if component == "backbone":
-        return vla.backbone.layers
-    if component == "vision_encoder":
-        return vla.vision_encoder.encoder.layers
-    raise PassError(f"component {component!r} has no prunable layer stack (prunable: {', '.join(LAYER_PREFIX)})")
-
-
-def head_dim(vla: Any, component: str) -> int:
-    return (vla.cfg.backbone if component == "backbone" else vla.cfg.vision).attention_head_dim
+from ...errors import ConfigError, PassError
+from .layout import Stack, family_stacks
 
 
 def check_float(*linears: Any) -> None:
@@ -38,6 +23,10 @@ def check_float(*linears: Any) -> None:
             raise PassError(f"cannot prune a {type(lin).__name__}: apply structured pruning before quantization")
 
 
+def check_layer_float(layer: Any) -> None:
+    check_float(*(m for m in layer.modules() if "Linear" in type(m).__name__))
+
+
 def select_linear(lin: Any, out_idx: Any = None, in_idx: Any = None):
     """A new nn.Linear holding the chosen output rows / input columns of `lin`."""
     from torch import nn
@@ -45,10 +34,10 @@ def select_linear(lin: Any, out_idx: Any = None, in_idx: Any = None):
     check_float(lin)
     w, b = lin.weight.detach(), None if lin.bias is None else lin.bias.detach()
     if out_idx is not None:
-        w = w.index_select(0, out_idx)
-        b = None if b is None else b.index_select(0, out_idx)
+        w = w.index_select(0, out_idx.to(w.device))
+        b = None if b is None else b.index_select(0, out_idx.to(w.device))
     if in_idx is not None:
-        w = w.index_select(1, in_idx)
+        w = w.index_select(1, in_idx.to(w.device))
     new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
     new.weight.data.copy_(w)
     if b is not None:
@@ -62,78 +51,115 @@ def head_channels(heads: list[int], hd: int):
     return torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads]) if heads else torch.zeros(0, dtype=torch.long)
 
 
-def keep_heads(layer: Any, component: str, q_heads: list[int], kv_heads: list[int], hd: int) -> None:
-    """Keep query heads `q_heads` and (backbone) KV heads `kv_heads` of one layer, in order.
-    Query head i of the result uses KV head i // (len(q) / len(kv)), as repeat_kv expects."""
-    attn = layer.self_attn
+def _set_head_counts(attn: Any, heads: int, kv: int) -> None:
+    if hasattr(attn, "num_heads"):
+        attn.num_heads = heads
+    if hasattr(attn, "num_kv_heads"):
+        attn.num_kv_heads = kv
+    if hasattr(attn, "num_key_value_groups"):
+        attn.num_key_value_groups = heads // kv
+
+
+def keep_heads(stack: Stack, layer: Any, q_heads: list[int], kv_heads: list[int]) -> None:
+    """Keep query heads `q_heads` and KV heads `kv_heads` of one layer, in order. Query head i of
+    the result uses KV head i // (len(q) / len(kv)), as repeat_kv expects."""
+    import torch
+
+    attn, hd = stack.attention(layer), stack.head_dim
     q_idx = head_channels(sorted(q_heads), hd)
-    if component == "vision_encoder":
-        attn.q_proj, attn.k_proj, attn.v_proj = (select_linear(getattr(attn, n), q_idx)
-                                                 for n in ("q_proj", "k_proj", "v_proj"))
-        attn.out_proj = select_linear(attn.out_proj, None, q_idx)
-        attn.num_heads = len(q_heads)
+    if stack.fused_qkv:  # rows [q | k | v], each heads * hd wide
+        width = attn.qkv.out_features // 3
+        attn.qkv = select_linear(attn.qkv, torch.cat([q_idx, q_idx + width, q_idx + 2 * width]))
+        attn.proj = select_linear(attn.proj, None, q_idx)
+        _set_head_counts(attn, len(q_heads), len(q_heads))
         return
-    kv_idx = head_channels(sorted(kv_heads), hd)
+    if not stack.has_kv:
+        kv_heads = q_heads
     if len(q_heads) % len(kv_heads):
         raise PassError(f"internal: {len(q_heads)} query heads do not split over {len(kv_heads)} KV heads")
+    kv_idx = head_channels(sorted(kv_heads), hd)
     attn.q_proj = select_linear(attn.q_proj, q_idx)
     attn.k_proj = select_linear(attn.k_proj, kv_idx)
     attn.v_proj = select_linear(attn.v_proj, kv_idx)
-    attn.o_proj = select_linear(attn.o_proj, None, q_idx)
-    attn.num_key_value_groups = len(q_heads) // len(kv_heads)
+    setattr(attn, stack.out_proj, select_linear(getattr(attn, stack.out_proj), None, q_idx))
+    _set_head_counts(attn, len(q_heads), len(kv_heads))
 
 
-def keep_channels(layer: Any, component: str, channels: Any) -> None:
+def keep_channels(stack: Stack, layer: Any, channels: Any) -> None:
     """Keep MLP hidden channels `channels` (a sorted LongTensor) of one layer."""
     mlp = layer.mlp
-    if component == "vision_encoder":
-        mlp.fc1, mlp.fc2 = select_linear(mlp.fc1, channels), select_linear(mlp.fc2, None, channels)
-    else:
+    if stack.gated_mlp:
         mlp.gate_proj, mlp.up_proj = select_linear(mlp.gate_proj, channels), select_linear(mlp.up_proj, channels)
         mlp.down_proj = select_linear(mlp.down_proj, None, channels)
+    else:
+        mlp.fc1, mlp.fc2 = select_linear(mlp.fc1, channels), select_linear(mlp.fc2, None, channels)
 
 
-def layer_sizes(vla: Any, component: str) -> list[tuple[int, int, int]]:
-    """(query heads, KV heads, MLP width) of every layer, read from the modules."""
-    hd = head_dim(vla, component)
-    out = []
-    for layer in layer_stack(vla, component):
-        a, m = layer.self_attn, layer.mlp
-        if component == "vision_encoder":
-            out.append((a.q_proj.out_features // hd, a.q_proj.out_features // hd, m.fc1.out_features))
+def _linear_like(old: Any, in_f: int, out_f: int):
+    from torch import nn
+
+    return nn.Linear(in_f, out_f, bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype)
+
+
+def resize_layer(stack: Stack, layer: Any, heads: int, kv: int, inter: int) -> None:
+    """Give one freshly built layer (before its weights are loaded) the projections of a pruned size."""
+    attn, hd = stack.attention(layer), stack.head_dim
+    if stack.fused_qkv:
+        d = attn.qkv.in_features
+        if attn.qkv.out_features != 3 * heads * hd:
+            attn.qkv, attn.proj = _linear_like(attn.qkv, d, 3 * heads * hd), _linear_like(attn.proj, heads * hd, d)
+        _set_head_counts(attn, heads, heads)
+    else:
+        kv = kv if stack.has_kv else heads
+        out = getattr(attn, stack.out_proj)
+        if attn.q_proj.out_features != heads * hd or attn.k_proj.out_features != kv * hd:
+            attn.q_proj = _linear_like(attn.q_proj, attn.q_proj.in_features, heads * hd)
+            attn.k_proj = _linear_like(attn.k_proj, attn.k_proj.in_features, kv * hd)
+            attn.v_proj = _linear_like(attn.v_proj, attn.v_proj.in_features, kv * hd)
+            setattr(attn, stack.out_proj, _linear_like(out, heads * hd, out.out_features))
+        _set_head_counts(attn, heads, kv)
+    mlp = layer.mlp
+    up = mlp.gate_proj if stack.gated_mlp else mlp.fc1
+    if up.out_features != inter:
+        d = up.in_features
+        if stack.gated_mlp:
+            mlp.gate_proj, mlp.up_proj = _linear_like(mlp.gate_proj, d, inter), _linear_like(mlp.up_proj, d, inter)
+            mlp.down_proj = _linear_like(mlp.down_proj, inter, d)
         else:
-            out.append((a.q_proj.out_features // hd, a.k_proj.out_features // hd, m.gate_proj.out_features))
+            mlp.fc1, mlp.fc2 = _linear_like(mlp.fc1, d, inter), _linear_like(mlp.fc2, inter, d)
+
+
+def parse_layer_sizes(value: Any, source: str) -> dict[str, list[tuple[int, int, int]]]:
+    """Validate a recorded {stack name: [[heads, kv heads, mlp width], ...]} mapping."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: layer_sizes must map a layer stack to [[heads, kv_heads, mlp], ...]")
+    out = {}
+    for name, rows in value.items():
+        ok = isinstance(rows, (list, tuple)) and all(
+            isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(x, int) and x > 0 for x in r)
+            and r[0] % r[1] == 0 for r in rows)
+        if not ok:
+            raise ConfigError(f"{source}: layer_sizes.{name} must be a list of [heads, kv_heads, mlp_width] "
+                              f"(positive integers, heads a multiple of kv_heads), got {rows!r}")
+        out[str(name)] = [tuple(r) for r in rows]
     return out
 
 
-def sync_config(vla: Any, component: str) -> None:
-    """Write the component's layer count and sizes (read from the modules) into `vla.cfg`, the
-    processor's copy and the HF config; fix Llama's layer_idx (the KV-cache slot of each layer)."""
-    sizes = layer_sizes(vla, component)
-    n = len(sizes)
-    heads, kvs, inters = (tuple(s[i] for s in sizes) for i in range(3))
-    cfg = vla.cfg
-    sub = cfg.backbone if component == "backbone" else cfg.vision
-    changes: dict[str, Any] = {"num_layers": n}
-    uniform = len(set(sizes)) == 1
-    if heads != (sub.num_heads,) * n or (component == "backbone" and kvs != (sub.num_kv_heads,) * n):
-        changes["head_dim"] = sub.attention_head_dim  # heads keep their width when some are removed
-    if uniform:
-        changes.update(num_heads=heads[0], intermediate_size=inters[0], layer_num_heads=(),
-                       layer_intermediate_sizes=())
-        if component == "backbone":
-            changes.update(num_kv_heads=kvs[0], layer_num_kv_heads=())
-    else:  # scalars keep the unpruned base shape; the tuples give every layer's actual size
-        changes.update(layer_num_heads=heads, layer_intermediate_sizes=inters)
-        if component == "backbone":
-            changes["layer_num_kv_heads"] = kvs
-    new_sub = replace(sub, **changes)
-    new_cfg = replace(cfg, backbone=new_sub) if component == "backbone" else replace(cfg, vision=new_sub)
-    vla.cfg = new_cfg
-    vla.processor.cfg = new_cfg
-    if component == "backbone":
-        vla.backbone.config.num_hidden_layers = n  # LlamaModel runs layers[:num_hidden_layers]
-        for i, layer in enumerate(vla.backbone.layers):
-            layer.self_attn.layer_idx = i
-    else:
-        vla.vision_encoder.config.num_hidden_layers = n
+def restore_layer_sizes(vla: Any, sizes: dict[str, list[tuple[int, int, int]]], source: str = "config") -> None:
+    """Rebuild the pruned per-layer shapes recorded in `sizes` on a freshly built model (call before
+    its state dict is loaded; any device, meta included)."""
+    if not sizes:
+        return
+    stacks = {s.name: s for s in family_stacks(vla)}
+    unknown = sorted(set(sizes) - set(stacks))
+    if unknown:
+        raise ConfigError(f"{source}: layer_sizes names unknown layer stacks {unknown} (known: {sorted(stacks)})")
+    for name, rows in sizes.items():
+        stack = stacks[name]
+        if len(rows) != len(stack.layers):
+            raise ConfigError(f"{source}: layer_sizes.{name} lists {len(rows)} layers; the model has "
+                              f"{len(stack.layers)}")
+        for layer, (h, kv, inter) in zip(stack.layers, rows):
+            resize_layer(stack, layer, h, kv, inter)

@@ -5,7 +5,8 @@ for the MLP): S_j = ||X_j||_2 * sum_i |W_ij|, i.e. Wanda's |W_ij| ||X_j|| (Sun e
 aggregated over the rows that the channel feeds, with ||X_j|| over all calibration tokens. A head
 scores the sum of its head_dim channels; a KV group the sum of its query heads. Removing a head
 (or channel) deletes its rows in q/k/v (gate/up, fc1) and its columns in o_proj (down, fc2):
-the model gets narrower, with fewer parameters and FLOPs, and no masks.
+the model gets narrower, with fewer parameters and FLOPs, and no masks. Where each stack's
+projections are, per family, is in layout.py.
 """
 
 from __future__ import annotations
@@ -13,17 +14,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..base import PassContext, scoped_components, scoped_modules
+from ..base import PassContext
 from ..calibration import collect_input_stats
 from .config import WidthPruneConfig
-from .surgery import (LAYER_PREFIX, check_float, head_dim, keep_channels, keep_heads, layer_sizes, layer_stack,
-                      sync_config)
+from .family_config import sync_config
+from .layout import Stack, scoped_layers
+from .surgery import check_layer_float, keep_channels, keep_heads
 
 
-def _proj(layer: Any, component: str, which: str):
-    if which == "attn":
-        return layer.self_attn.out_proj if component == "vision_encoder" else layer.self_attn.o_proj
-    return layer.mlp.fc2 if component == "vision_encoder" else layer.mlp.down_proj
+def _proj(stack: Stack, layer: Any, which: str):
+    return stack.out_projection(layer) if which == "attn" else stack.down_projection(layer)
 
 
 def _channel_scores(lin: Any, stats: Any) -> Any:
@@ -55,10 +55,12 @@ def _select(units: list[list[float]], removable: list[int], n_remove: int | list
     return out
 
 
-def _plan_heads(sizes, hd, comp, config, scores) -> tuple[list[list[int]], list[list[int]], dict]:
+def _plan_heads(sizes, stack: Stack, config, scores) -> tuple[list[list[int]], list[list[int]], dict]:
     """Kept query heads and KV heads of each layer given (sizes and scores of the layers in scope)."""
-    head_scores = [s.reshape(-1, hd).sum(1).tolist() for s in scores]
-    by_group = comp == "vision_encoder" or config.gqa == "kv_groups"
+    head_scores = [s.reshape(-1, stack.head_dim).sum(1).tolist() for s in scores]
+    by_group = not stack.has_kv or config.gqa == "kv_groups"
+    if by_group and stack.has_kv and stack.kv_locked:
+        raise config.error("gqa", f"{stack.name}: {stack.kv_locked}")
     units, members = [], []  # per layer: unit scores, and the query heads each unit holds
     for (h, kv, _), hs in zip(sizes, head_scores):
         rep = h // kv
@@ -78,8 +80,8 @@ def _plan_heads(sizes, hd, comp, config, scores) -> tuple[list[list[int]], list[
         n = math.floor(sum(len(u) for u in units) * config.heads_ratio)
     drop = _select(units, removable, n)
     if not any(drop):
-        unit = "KV groups" if by_group and comp == "backbone" else "heads" if by_group else "query heads per group"
-        raise config.error("heads_ratio", f"{config.heads_ratio} of {comp}'s {[len(u) for u in units]} {unit} "
+        unit = "KV groups" if by_group and stack.has_kv else "heads" if by_group else "query heads per group"
+        raise config.error("heads_ratio", f"{config.heads_ratio} of {stack.name}'s {[len(u) for u in units]} {unit} "
                                           f"per layer removes none")
     kept_q, kept_kv = [], []
     for (h, kv, _), mem, dr in zip(sizes, members, drop):
@@ -111,42 +113,40 @@ def _plan_channels(config, scores) -> list[Any]:
 
 def prune_width(vla: Any, config: WidthPruneConfig, context: PassContext) -> Any:
     """Layers in scope (where.include / exclude on backbone.layers.N, ...) are pruned; others keep
-    their size. Uniform allocation removes the same share from every layer in scope."""
-    comps = list(scoped_components(vla, config))
+    their size. Uniform allocation removes the same share from every layer in scope. Layers that do
+    not run their output projection / MLP in a policy step (layout.py) are not in scope."""
+    scoped = scoped_layers(vla, config, width=True)
+    stacks = [s for s, _ in scoped]
+    in_scope = {s.name: idx for s, idx in scoped}
     targets: dict[str, Any] = {}
-    in_scope: dict[str, list[int]] = {}
-    for comp in comps:
-        layers = layer_stack(vla, comp)
-        names = {f"{LAYER_PREFIX[comp]}.{i}": layer for i, layer in enumerate(layers)}
-        in_scope[comp] = sorted(int(k.rsplit(".", 1)[1]) for k in scoped_modules(vla, config, candidates=names))
-        for i in in_scope[comp]:
-            layer = layers[i]
-            check_float(*(m for m in layer.modules() if "Linear" in type(m).__name__))
+    for stack in stacks:
+        for i in in_scope[stack.name]:
+            layer = stack.layers[i]
+            check_layer_float(layer)
             for which, ratio in (("attn", config.heads_ratio), ("mlp", config.mlp_ratio)):
                 if ratio > 0:
-                    targets[f"{comp}:{i}:{which}"] = _proj(layer, comp, which)
+                    targets[f"{stack.name}:{i}:{which}"] = _proj(stack, layer, which)
     stats = (collect_input_stats(vla, context.calibration, targets) if config.importance == "wanda"
              else {k: None for k in targets})
-    for comp in comps:
-        idx = in_scope[comp]
-        layers = [layer_stack(vla, comp)[i] for i in idx]
+    for stack in stacks:
+        idx = in_scope[stack.name]
+        layers = [stack.layers[i] for i in idx]
         notes: dict[str, Any] = {"layers": idx}
         if config.heads_ratio > 0:
-            scores = [_channel_scores(_proj(layer, comp, "attn"), stats[f"{comp}:{i}:attn"])
+            scores = [_channel_scores(_proj(stack, layer, "attn"), stats[f"{stack.name}:{i}:attn"])
                       for i, layer in zip(idx, layers)]
-            hd = head_dim(vla, comp)
-            sizes = [layer_sizes(vla, comp)[i] for i in idx]
-            kept_q, kept_kv, info = _plan_heads(sizes, hd, comp, config, scores)
+            all_sizes = stack.sizes()
+            kept_q, kept_kv, info = _plan_heads([all_sizes[i] for i in idx], stack, config, scores)
             for layer, q, kv in zip(layers, kept_q, kept_kv):
-                keep_heads(layer, comp, q, kv, hd)
+                keep_heads(stack, layer, q, kv)
             notes.update(info)
         if config.mlp_ratio > 0:
-            scores = [_channel_scores(_proj(layer, comp, "mlp"), stats[f"{comp}:{i}:mlp"])
+            scores = [_channel_scores(_proj(stack, layer, "mlp"), stats[f"{stack.name}:{i}:mlp"])
                       for i, layer in zip(idx, layers)]
             channels = _plan_channels(config, scores)
             for layer, ch in zip(layers, channels):
-                keep_channels(layer, comp, ch)
+                keep_channels(stack, layer, ch)
             notes["mlp_kept"] = [len(c) for c in channels]
-        sync_config(vla, comp)
-        context.notes[comp] = notes
+        sync_config(vla, stack)
+        context.notes[stack.name] = notes
     return vla
