@@ -133,6 +133,33 @@ def _smolvla() -> ExportFamily:
     return smolvla_export_family()
 
 
+def _openvla() -> ExportFamily:
+    # importing the family's export module also registers its ONNX graphs (prefill/decode, policy_step)
+    from ..models.openvla.export_openvla import openvla_export_family
+
+    return openvla_export_family()
+
+
+register_export_family("openvla")(_openvla)
+register_export_family("openvla-oft")(_openvla)
+
+
+def randomized_examples(vla: Any, n: int, texts: list[str], state: Callable[[Any], np.ndarray] | None = None,
+                        seed: int = 0) -> list[dict]:
+    """`n` of the adapter's `dummy_observation`s with random images (every camera), instructions cycling
+    through `texts` (different lengths: a batch has left padding) and, where the observation has a
+    state, `state(rng)` (default uniform in [-1, 1])."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        obs = vla.dummy_observation(texts[i % len(texts)])
+        obs["images"] = {c: rng.integers(0, 256, im.shape, dtype=np.uint8) for c, im in obs["images"].items()}
+        if "state" in obs:
+            obs["state"] = (state(rng) if state else rng.uniform(-1, 1, obs["state"].shape)).astype(np.float32)
+        out.append(obs)
+    return out
+
+
 def weights_fingerprint(module: Any) -> str:
     """sha256 over every state-dict tensor's name, dtype, shape and bytes: identifies the exact
     weights an artifact came from (an export reusing a base, a validation against a model)."""
@@ -149,6 +176,11 @@ def weights_fingerprint(module: Any) -> str:
 
 
 def bins_to_actions(bins: np.ndarray, meta: dict) -> np.ndarray:
-    """Bin index -> bin centre in [-1, 1], (B, K*A) -> (B, K, A); the same map as the torch model."""
+    """Bin index -> bin centre in [-1, 1], (B, K*A) -> (B, K, A); the same map as the torch model.
+    `token_map: "openvla"`: the "bins" are vocabulary ids, de-tokenised as OpenVLA does."""
+    if meta.get("token_map") == "openvla":
+        from ..models.openvla.export_openvla import openvla_tokens_to_actions
+
+        return openvla_tokens_to_actions(bins, meta)
     centers = -1.0 + (bins.astype(np.float32) + 0.5) * np.float32(2.0 / meta["n_bins"])
     return centers.reshape(bins.shape[0], meta["chunk_size"], meta["action_dim"]).astype(np.float32)

@@ -49,6 +49,18 @@ def choose_providers(requested: list[str] | None = None) -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def _session(ort, path: Path, so, providers: list[str]):
+    """An InferenceSession on one graph file; a file ONNX Runtime cannot load (truncated, edited,
+    not ONNX) is an ExportError naming it, not a raw protobuf/ORT message."""
+    from ..errors import ExportError
+
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:  # noqa: BLE001  (ORT raises its own exception types from C++)
+        raise ExportError(path, f"ONNX Runtime cannot load this graph ({type(e).__name__}: {str(e).strip()[:300]}); "
+                                "the artifact is corrupt or incomplete: re-export it") from None
+
+
 class OnnxGraphs:
     """The artifact's ONNX sessions and the loop that turns preprocessed inputs into actions.
 
@@ -64,7 +76,7 @@ class OnnxGraphs:
         self.meta = artifact.manifest["model"]
         self.providers = choose_providers(providers)
         so = session_options(threads)
-        self.sessions = {name: ort.InferenceSession(str(artifact.file(g["file"])), so, providers=self.providers)
+        self.sessions = {name: _session(ort, artifact.file(g["file"]), so, self.providers)
                          for name, g in artifact.manifest["graphs"].items()}
         self.last_timing: dict[str, float] = {}
         self.decode_feeds: list[dict] | None = None  # set to a list to record decode inputs (calibration)

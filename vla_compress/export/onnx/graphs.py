@@ -68,6 +68,14 @@ def weight_bytes(module: Any) -> int:
     return total
 
 
+def flat_cache(cache: Any) -> list:
+    """A transformers Cache as [layer0 keys, layer0 values, layer1 keys, ...] (the present.* outputs)."""
+    out = []
+    for layer in cache.layers:
+        out += [layer.keys, layer.values]
+    return out
+
+
 # --- reference family -------------------------------------------------------------------------
 def _reference_modules():
     """Wrapper classes, defined lazily so importing this module does not import torch."""
@@ -83,12 +91,6 @@ def _reference_modules():
         head = nn.Linear(vla.cfg.backbone.hidden_size, n, bias=False)
         head.weight = nn.Parameter(vla.action_head.weight[-n:].detach().clone(), requires_grad=False)
         return head
-
-    def flat_cache(cache) -> list:
-        out = []
-        for layer in cache.layers:
-            out += [layer.keys, layer.values]
-        return out
 
     class PolicyStep(nn.Module):
         def __init__(self, vla):

@@ -13,17 +13,25 @@ Statistics are OpenVLA's `norm_stats` (or `dataset_statistics.json`), one entry 
 `unnorm_key` picks the entry. OFT's formulas add 1e-8 to the range and clip the proprio state
 after masking (openvla-oft experiments/robot/openvla_utils.py normalize_proprio,
 modeling_prismatic.py _unnormalize_actions).
+
+The arithmetic is numpy (`ImageTransform.array`, `OpenVLAProcessor.arrays`); the torch entry points
+wrap those arrays, so an exported artifact's processor computes exactly what the torch model sees
+without importing torch.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ...errors import CheckpointError, ConfigError, ObservationError
 from .configuration_openvla import PROMPT_TEMPLATE
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 __all__ = ["DatasetStats", "ImageTransform", "ObservationError", "OpenVLAProcessor", "PromptTokenizer"]
 
@@ -99,11 +107,17 @@ class ImageTransform:
             raise CheckpointError(src, f"image_resize_strategy {self.strategy!r} is not supported")
         if not (len(self.sizes) == len(means) == len(stds) == len(self.interp)):
             raise CheckpointError(src, "input_sizes, means/stds and interpolations differ in length")
-        self.mean = [torch.tensor(m, dtype=torch.float32)[:, None, None] for m in means]
-        self.std = [torch.tensor(s, dtype=torch.float32)[:, None, None] for s in stds]
+        self.mean = [np.asarray(m, dtype=np.float32)[:, None, None] for m in means]
+        self.std = [np.asarray(s, dtype=np.float32)[:, None, None] for s in stds]
         self.raw = cfg_dict
 
-    def __call__(self, frame: np.ndarray) -> torch.Tensor:
+    def __call__(self, frame: np.ndarray) -> "torch.Tensor":
+        import torch
+
+        return torch.from_numpy(self.array(frame))
+
+    def array(self, frame: np.ndarray) -> np.ndarray:
+        """(C, S, S) float32: the branches' normalised images stacked along channels."""
         from PIL import Image
 
         img = Image.fromarray(frame).convert("RGB")
@@ -128,9 +142,9 @@ class ImageTransform:
             top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
             if (top, left, w, h) != (0, 0, tw, th):
                 x = x.crop((left, top, left + tw, top + th))
-            t = torch.from_numpy(np.asarray(x, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+            t = np.asarray(x, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255)
             out.append((t - mean) / std)
-        return torch.cat(out, dim=0)
+        return np.concatenate(out, axis=0)
 
 
 def center_crop_tf(frame: np.ndarray, crop_scale: float = 0.9) -> np.ndarray:
@@ -245,20 +259,26 @@ class OpenVLAProcessor:
             out.append(center_crop_tf(f) if self.center_crop else f)
         return out
 
-    def __call__(self, observations: list[dict], with_state: bool = False) -> dict[str, torch.Tensor]:
+    def __call__(self, observations: list[dict], with_state: bool = False) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        return {k: torch.from_numpy(v) for k, v in self.arrays(observations, with_state).items()}
+
+    def arrays(self, observations: list[dict], with_state: bool = False) -> dict[str, np.ndarray]:
+        """The batch as numpy arrays (float32 pixels/state, int64 ids and mask)."""
         if not observations:
             raise ObservationError("no observations to preprocess")
         pixels, ids = [], []
         for obs in observations:
-            pixels.append(torch.cat([self.images(f) for f in self.frames(obs)], dim=0))
+            pixels.append(np.concatenate([self.images.array(f) for f in self.frames(obs)], axis=0))
             ids.append(self.tokenizer.prompt_ids(str(obs.get("instruction", ""))))
         n = max(len(i) for i in ids)
-        text = torch.zeros(len(ids), n, dtype=torch.long)
-        mask = torch.zeros(len(ids), n, dtype=torch.long)
+        text = np.zeros((len(ids), n), dtype=np.int64)
+        mask = np.zeros((len(ids), n), dtype=np.int64)
         for r, i in enumerate(ids):  # left-pad: the last prompt token sits at the same index in every row
-            text[r, n - len(i):] = torch.tensor(i)
+            text[r, n - len(i):] = i
             mask[r, n - len(i):] = 1
-        out = {"pixel_values": torch.stack(pixels), "bos_ids": torch.full((len(ids), 1), self.tokenizer.bos_id),
+        out = {"pixel_values": np.stack(pixels), "bos_ids": np.full((len(ids), 1), self.tokenizer.bos_id, np.int64),
                "text_ids": text, "text_mask": mask}
         if with_state:
             states = []
@@ -266,5 +286,5 @@ class OpenVLAProcessor:
                 if obs.get("state") is None:
                     raise ObservationError("this model takes the robot state (proprio) but the observation has none")
                 states.append(self.stats.normalize_proprio(obs["state"]))
-            out["state"] = torch.from_numpy(np.stack(states))
+            out["state"] = np.stack(states)
         return out

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ...export.family import ArtifactProcessor, ExportFamily
+from ...export.family import ArtifactProcessor, ExportFamily, randomized_examples
 from ...export.onnx.graphs import GraphSpec, register_graphs, weight_bytes
 from ...fileio import read_json, write_json
 
@@ -79,16 +79,7 @@ def _head_meta(vla: Any) -> dict:
 
 def _examples(vla: Any, n: int = 2) -> list[dict]:
     """Random observations with every camera, in-range state and two instructions of different lengths."""
-    rng = np.random.default_rng(0)
-    texts = ["pick up the object and place it at the goal", "open the door"]
-    out = []
-    for i in range(n):
-        obs = vla.dummy_observation(texts[i % 2])
-        obs["images"] = {c: rng.integers(0, 256, im.shape, dtype=np.uint8) for c, im in obs["images"].items()}
-        if "state" in obs:
-            obs["state"] = rng.uniform(-1, 1, obs["state"].shape).astype(np.float32)
-        out.append(obs)
-    return out
+    return randomized_examples(vla, n, ["pick up the object and place it at the goal", "open the door"])
 
 
 def smolvla_export_family() -> ExportFamily:

@@ -1,0 +1,246 @@
+"""What the exporters need of OpenVLA and OpenVLA-OFT (export/family.py's hooks) and their ONNX graphs.
+
+OpenVLA (token head) — two graphs, the decoder-with-past protocol of the reference tokens head:
+    "prefill": pixel_values (B, C, S, S), bos_ids (B, 1), text_ids (B, T), text_mask (B, T)
+        -> bin_logits (B, V) at the last position, attention_mask (B, L), present.{i}.key/.value
+    "decode":  token_ids (B, 1), attention_mask (B, past + 1), position_ids (B, 1), past_key_values.*
+        -> bin_logits (B, V), present.*
+  "bin_logits" are the logits over the *whole* vocabulary: OpenVLA's predict_action is HF
+  `generate` with do_sample=False, an argmax over all V ids, and the argmax token is what is fed
+  back. Restricting the argmax to the 256 action ids would change the policy wherever a non-action
+  token wins (on a trained model rarely, on a random one often). So the runtime's "bins" are
+  vocabulary ids (head_meta: n_bins = V, action_token_start = 0) and `token_map: "openvla"` tells
+  `bins_to_actions` to de-tokenise as OpenVLA does: bin = clip(action_vocab_end - id - 1, 0,
+  n_action_bins - 2) -> midpoint of linspace(-1, 1, n_action_bins).
+OpenVLA-OFT (L1 regression) — one graph, "policy_step": the same four inputs (+ state (B, P),
+  normalised, when the checkpoint has a proprio projector) -> actions (B, K, A), normalised: the
+  bidirectional parallel-decoding pass and the L1 head.
+
+Dynamic axes: batch and text length (past length for decode). The artifact's processor
+(`OpenVLAArtifactProcessor`) is the checkpoint's own, rebuilt from tokenizer.json,
+preprocessor_config.json, dataset_statistics.json and openvla_runtime.json (unnorm_key,
+normalisation, cameras, ...) with numpy, PIL and `tokenizers` only: no torch at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...errors import CheckpointError, ConfigError
+from ...export.family import ArtifactProcessor, ExportFamily, randomized_examples
+from ...export.onnx.graphs import KV, GraphSpec, flat_cache, register_graphs, weight_bytes
+from ...fileio import read_json, write_json, write_text
+
+RUNTIME_FILE = "openvla_runtime.json"
+TOKENIZER_FILES = ("tokenizer.json", "special_tokens_map.json", "tokenizer_config.json")
+STATS_FILE = "dataset_statistics.json"
+IMAGES_FILE = "preprocessor_config.json"
+_RUNTIME_KEYS = ("unnorm_key", "normalization", "stats_eps", "num_images", "cameras", "center_crop", "uses_state")
+INPUTS = ["pixel_values", "bos_ids", "text_ids", "text_mask"]
+
+
+# --- the artifact's processor (torch-free) ----------------------------------------------------------
+class OpenVLAArtifactProcessor(ArtifactProcessor):
+    """Observations -> the graphs' numpy inputs, and normalised actions -> robot units, exactly as
+    the torch adapter's processor (same code: OpenVLAProcessor.arrays), from the artifact's files."""
+
+    def __init__(self, root: Path):
+        from .processor_openvla import DatasetStats, ImageTransform, OpenVLAProcessor, PromptTokenizer
+
+        root = Path(root)
+        rt = read_json(root / RUNTIME_FILE)
+        missing = [k for k in _RUNTIME_KEYS if not isinstance(rt, dict) or k not in rt]
+        if missing:
+            raise CheckpointError(root / RUNTIME_FILE, f"missing keys {missing}")
+        stats = read_json(root / STATS_FILE)
+        if not isinstance(stats, dict):
+            raise CheckpointError(root / STATS_FILE, "expected {dataset: {action: {...}, proprio: {...}}}")
+        try:
+            self.stats = DatasetStats(stats, rt["unnorm_key"], rt["normalization"], float(rt["stats_eps"]),
+                                      root / STATS_FILE)
+        except ConfigError as e:
+            raise CheckpointError(root / RUNTIME_FILE, str(e)) from None
+        images = ImageTransform(read_json(root / IMAGES_FILE), root / IMAGES_FILE)
+        cameras = tuple(rt["cameras"]) if rt["cameras"] else None
+        self.uses_state = bool(rt["uses_state"])
+        self.processor = OpenVLAProcessor(PromptTokenizer.from_dir(root), images, int(rt["num_images"]), cameras,
+                                          self.stats, bool(rt["center_crop"]))
+
+    def __call__(self, observations: list[dict]) -> dict[str, np.ndarray]:
+        return self.processor.arrays(observations, with_state=self.uses_state)
+
+    def unnormalize(self, chunk: np.ndarray) -> np.ndarray:
+        return self.stats.unnormalize_actions(chunk)
+
+
+def _save_processor(vla: Any, root: Path) -> list[str]:
+    """The processor pieces, written from the in-memory model (its statistics and settings)."""
+    s = vla.cfg.settings
+    write_json(root / RUNTIME_FILE, {
+        "unnorm_key": vla.stats.key(), "normalization": vla.stats.normalization, "stats_eps": vla.stats.eps,
+        "num_images": vla.vision_backbone.num_images, "cameras": list(s.cameras) if s.cameras else None,
+        "center_crop": bool(s.center_crop), "uses_state": bool(vla.uses_state)})
+    write_text(root / "tokenizer.json", vla.tokenizer.tok.to_str())
+    # the BOS/EOS names PromptTokenizer.from_dir looks for, as the checkpoint spells them
+    tok = vla.tokenizer.tok
+    write_json(root / "special_tokens_map.json", {"bos_token": tok.id_to_token(vla.tokenizer.bos_id),
+                                                  "eos_token": tok.id_to_token(vla.tokenizer.eos_id)})
+    write_json(root / IMAGES_FILE, vla.image_transform.raw)
+    write_json(root / STATS_FILE, vla.stats.norm_stats)
+    return sorted([RUNTIME_FILE, "tokenizer.json", "special_tokens_map.json", IMAGES_FILE, STATS_FILE])
+
+
+# --- torch reference, head metadata, examples ---------------------------------------------------------
+def _torch_outputs(vla: Any, observations: list[dict]) -> dict[str, np.ndarray]:
+    """OFT: the normalised chunk. OpenVLA: the greedy tokens, their actions, and the full-vocabulary
+    logits teacher-forced along those tokens (one causal forward over prefix + tokens[:-1])."""
+    import torch
+
+    x = vla.preprocess(observations)
+    with torch.inference_mode():
+        if vla.family == "openvla-oft":
+            return {"actions": vla.predict_chunk(x).float().numpy()}
+        x = vla._model_inputs(x)
+        n = vla.action_spec.dim
+        tokens = vla.generate_action_tokens(x, n)
+        lm = vla.language_model
+        embeds, mask = vla.sequence(x, after_text=lm.model.embed_tokens(tokens[:, :-1]))
+        hidden = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=vla.positions(mask)).last_hidden_state
+        logits = lm.lm_head(hidden[:, -n:])
+        actions = vla.tokens_to_actions(tokens).reshape(tokens.shape[0], 1, n)
+        return {"actions": actions.float().numpy(), "bins": tokens.numpy(), "bin_logits": logits.float().numpy()}
+
+
+def _head_meta(vla: Any) -> dict:
+    spec = vla.action_spec
+    meta = {"family": vla.family, "chunk_size": spec.chunk_size, "action_dim": spec.dim}
+    if vla.family == "openvla-oft":
+        return {**meta, "head": "regression", "policy_head": "l1", "proprio": bool(vla.uses_state)}
+    c = vla.cfg
+    return {**meta, "head": "tokens", "num_layers": int(c.llama["num_hidden_layers"]), "action_tokens": spec.dim,
+            "n_bins": int(c.llama["vocab_size"]), "action_token_start": 0, "token_map": "openvla",
+            "action_vocab_end": c.action_vocab_end, "n_action_bins": c.n_action_bins}
+
+
+def _examples(vla: Any, n: int = 2) -> list[dict]:
+    """Random images for every camera, two instructions of different lengths (left padding), and
+    for OFT a state spread over the statistics' range."""
+    texts = ["pick up the object and place it at the goal", "open the drawer"]
+    lo, hi, _ = vla.stats._bounds("proprio") if vla.uses_state else (None, None, None)
+    return randomized_examples(vla, n, texts, lambda rng: rng.uniform(lo, hi))
+
+
+def openvla_tokens_to_actions(tokens: np.ndarray, meta: dict) -> np.ndarray:
+    """OpenVLA's de-tokenisation (modeling_openvla.tokens_to_actions) in numpy: (B, N) ids -> (B, 1, N)."""
+    n = int(meta["n_action_bins"])
+    edges = np.linspace(-1.0, 1.0, n, dtype=np.float64)
+    centers = ((edges[:-1] + edges[1:]) / 2.0).astype(np.float32)
+    idx = np.clip(int(meta["action_vocab_end"]) - tokens.astype(np.int64) - 1, 0, n - 2)
+    return centers[idx].reshape(tokens.shape[0], meta["chunk_size"], meta["action_dim"])
+
+
+def openvla_export_family() -> ExportFamily:
+    return ExportFamily(_save_processor, OpenVLAArtifactProcessor, _torch_outputs, _head_meta, _examples)
+
+
+# --- ONNX graphs ----------------------------------------------------------------------------------------
+def _modules():
+    """Wrapper classes, defined lazily so importing this module does not import torch."""
+    from torch import nn
+    from transformers import DynamicCache
+
+    def inputs(pixel_values, bos_ids, text_ids, text_mask) -> dict:
+        return {"pixel_values": pixel_values, "bos_ids": bos_ids, "text_ids": text_ids, "text_mask": text_mask}
+
+    class Prefill(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, pixel_values, bos_ids, text_ids, text_mask):
+            embeds, mask = self.vla.sequence(inputs(pixel_values, bos_ids, text_ids, text_mask))
+            lm = self.vla.language_model
+            out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=self.vla.positions(mask),
+                           past_key_values=DynamicCache(), use_cache=True)
+            # hidden[:, -1:] keeps the row 3-D so the head is a MatMul (int4 covers MatMul, not Gemm)
+            return (lm.lm_head(out.last_hidden_state[:, -1:])[:, 0], mask, *flat_cache(out.past_key_values))
+
+    class Decode(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, token_ids, attention_mask, position_ids, past):
+            lm = self.vla.language_model
+            cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)])
+            out = lm.model(inputs_embeds=lm.model.embed_tokens(token_ids), attention_mask=attention_mask,
+                           position_ids=position_ids, past_key_values=cache, use_cache=True)
+            return (lm.lm_head(out.last_hidden_state[:, -1:])[:, 0], *flat_cache(out.past_key_values))
+
+    class ChunkStep(nn.Module):  # OFT without proprio
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, pixel_values, bos_ids, text_ids, text_mask):
+            return self.vla.predict_chunk(inputs(pixel_values, bos_ids, text_ids, text_mask))
+
+    class ChunkStepWithState(ChunkStep):  # OFT with the proprio token
+        def forward(self, pixel_values, bos_ids, text_ids, text_mask, state):
+            return self.vla.predict_chunk({**inputs(pixel_values, bos_ids, text_ids, text_mask), "state": state})
+
+    return Prefill, Decode, ChunkStep, ChunkStepWithState
+
+
+def _prefix_inputs(vla: Any, example: dict) -> tuple[list[str], tuple, dict, Any]:
+    from torch.export import Dim
+
+    names = INPUTS + (["state"] if vla.uses_state else [])
+    args = tuple(example[k] for k in names)
+    if args[0].shape[0] < 2:
+        raise ConfigError("ONNX export needs an example batch of >= 2 observations (batch 1 would be baked in)")
+    batch = Dim("batch", min=1, max=4096)
+    text = Dim("text", min=1, max=int(vla.cfg.llama["max_position_embeddings"]))
+    shapes = {"pixel_values": {0: batch}, "bos_ids": {0: batch}, "text_ids": {0: batch, 1: text},
+              "text_mask": {0: batch, 1: text}}
+    if vla.uses_state:
+        shapes["state"] = {0: batch}
+    return names, args, shapes, batch
+
+
+def _openvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
+    import torch
+    from torch.export import Dim
+
+    Prefill, Decode, ChunkStep, ChunkStepWithState = _modules()
+    example = vla._model_inputs(example)
+    names, args, shapes, batch = _prefix_inputs(vla, example)
+    if vla.family == "openvla-oft":
+        step = (ChunkStepWithState if vla.uses_state else ChunkStep)(vla).eval()
+        return [GraphSpec("policy_step", step, args, names, ["actions"], shapes, weight_bytes(step))]
+
+    n_layers = int(vla.cfg.llama["num_hidden_layers"])
+    prefill = Prefill(vla).eval()
+    with torch.no_grad():
+        out = prefill(*args)
+    mask = torch.cat([out[1], torch.ones_like(out[1][:, :1])], dim=1)
+    dec_args = (out[0].argmax(-1, keepdim=True), mask, out[1].sum(-1, keepdim=True), tuple(out[2:]))
+    past_len = Dim("past", min=1, max=int(vla.cfg.llama["max_position_embeddings"]))
+    dec_shapes = {"token_ids": {0: batch}, "attention_mask": {0: batch, 1: past_len + 1}, "position_ids": {0: batch},
+                  "past": tuple({0: batch, 2: past_len} for _ in range(2 * n_layers))}
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in KV]
+    past_names = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in KV]
+    decode = Decode(vla).eval()
+    return [
+        GraphSpec("prefill", prefill, args, names, ["bin_logits", "attention_mask", *present], shapes,
+                  weight_bytes(prefill)),
+        GraphSpec("decode", decode, dec_args, ["token_ids", "attention_mask", "position_ids", *past_names],
+                  ["bin_logits", *present], dec_shapes, weight_bytes(decode.vla.language_model)),
+    ]
+
+
+register_graphs("openvla")(_openvla_graphs)
+register_graphs("openvla-oft")(_openvla_graphs)
