@@ -53,6 +53,10 @@ class OnnxExportConfig(ExportConfig):
     accuracy_level: int = 4  # int4-weight: MatMulNBits compute type (4 = int8 activations on CPU)
     per_channel: bool = True  # int8-static: one weight scale per output channel
     calibration_limit: int = 64  # int8-static: observations used at most
+    # a torch-quantized model (passes/quantize) keeps its own integers and scales in the graph
+    # (carry.py); the precision then applies to the layers that are still float. False: trace the
+    # dequantized weights and let the precision re-quantize them (what the comparison tests use)
+    carry_quantization: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -14,6 +14,7 @@ Artifact layout (one directory):
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from pathlib import Path
@@ -25,9 +26,10 @@ from ..base import ExportError, Exporter
 from ..family import get_export_family, weights_fingerprint
 from ..parity import ParityReport
 from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
-from .config import OnnxExportConfig
+from .carry import carried_summary, carried_tolerance
+from .config import DEFAULT_TOLERANCES, OnnxExportConfig
 from .graphs import build_graphs
-from .quantize import op_summary, quantize
+from .quantize import op_summary, quantize, save_model
 
 
 class OnnxExporter(Exporter):
@@ -58,22 +60,28 @@ class OnnxExporter(Exporter):
         try:
             with staged_dir(out_dir) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as tmp:
                 work = Path(tmp)
+                carry: dict[str, dict] = {}
                 if base is not None:  # quantize the base artifact's fp32 graphs in place (read only)
-                    graphs = self._from_base(base, meta, manifest["source"]["weights_sha256"])
+                    graphs = self._from_base(base, meta, manifest["source"]["weights_sha256"], carry)
                 else:
                     examples = example or calibration or family.example_observations(vla, 2)
-                    graphs = self._trace(vla, config, work, examples)
+                    graphs = self._trace(vla, config, work, examples, carry)
                 feeds = {}
                 if config.precision == "int8-static":
                     feeds = self._calibration_feeds(vla, family, work, graphs,
                                                     calibration[: config.calibration_limit], threads)
                 for name, (src, wbytes) in graphs.items():
                     external = config.use_external_data(wbytes)
-                    quantize(config.precision, src, stage / src.name, config, external, feeds.get(name))
+                    kept = carry.get(name, {}).get("nodes", [])  # carried from torch: not quantized again
+                    quantize(config.precision, src, stage / src.name, config, external, feeds.get(name), kept)
                     _check(stage / src.name)
                     manifest["graphs"][name] = {"file": src.name, "external_data": external,
-                                                "weight_bytes_fp32": wbytes, "ops": op_summary(stage / src.name)}
+                                                "weight_bytes_fp32": wbytes, "ops": op_summary(stage / src.name),
+                                                "carried_nodes": kept}
                     manifest["io"][name] = io_signature(stage / src.name)
+                if carry:
+                    manifest["quantization_carry"] = carried_summary(carry) | {"enabled": config.carry_quantization}
+                    warn_not_carried(out_dir, manifest["quantization_carry"])
                 manifest["processor_files"] = family.save_processor(vla, stage)
                 manifest["files"] = hash_files(stage)
                 Artifact(stage, manifest).save()  # manifest last: a directory with artifact.json is complete
@@ -85,10 +93,15 @@ class OnnxExporter(Exporter):
         return Artifact.load(out_dir)
 
     # --- stages ------------------------------------------------------------------------------
-    def _trace(self, vla: Any, config: OnnxExportConfig, out: Path, example: list[dict]) -> dict[str, tuple[Path, int]]:
-        """fp32 graphs traced into `out`: {graph name: (path, fp32 weight bytes)}."""
+    def _trace(self, vla: Any, config: OnnxExportConfig, out: Path, example: list[dict],
+               carry: dict[str, dict]) -> dict[str, tuple[Path, int]]:
+        """fp32 graphs traced into `out`: {graph name: (path, fp32 weight bytes)}. Torch-quantized
+        Linears are traced as their dequantized float weights, then (config.carry_quantization)
+        rewritten into their scheme's ONNX form; `carry` receives each graph's carry report."""
         import onnx
         import torch
+
+        from .carry import carry_quantization, float_stand_ins
 
         if len(example) < 2:
             example = list(example) * 2  # batch 1 would be specialised away
@@ -96,25 +109,36 @@ class OnnxExporter(Exporter):
         graphs = {}
         for spec in specs:
             file = f"{spec.name}.onnx"
-            with warnings.catch_warnings(), torch.no_grad():
+            with warnings.catch_warnings(), torch.no_grad(), float_stand_ins(spec.module, vla) as quantized:
                 warnings.simplefilter("ignore")
                 program = torch.onnx.export(
                     spec.module, spec.args, None, dynamo=True, opset_version=config.opset,
                     input_names=spec.input_names, output_names=spec.output_names,
                     dynamic_shapes=_shapes_by_arg(spec), verbose=False, optimize=True,
                 )
-            program.save(str(out / file), external_data=config.use_external_data(spec.weight_bytes))
+            external = config.use_external_data(spec.weight_bytes)
+            program.save(str(out / file), external_data=external)
+            if quantized and config.carry_quantization:
+                model = onnx.load(str(out / file))
+                carry[spec.name] = carry_quantization(model, quantized)
+                with contextlib.chdir(out):
+                    save_model(model, out / file, external)
+            elif quantized:  # asked not to carry: the dequantized weights are what the precision re-quantizes
+                carry[spec.name] = {"layers": {}, "nodes": [], "not_carried": {
+                    n: "carry_quantization is off: traced as its dequantized float weight" for n in quantized}}
             onnx.checker.check_model(str(out / file))
             graphs[spec.name] = (out / file, spec.weight_bytes)
         return graphs
 
-    def _from_base(self, base: Artifact | str | Path, meta: dict, fingerprint: str) -> dict[str, tuple[Path, int]]:
+    def _from_base(self, base: Artifact | str | Path, meta: dict, fingerprint: str,
+                   carry: dict[str, dict]) -> dict[str, tuple[Path, int]]:
         base = base if isinstance(base, Artifact) else Artifact.load(base)
         if base.format != "onnx" or base.precision != "fp32":
             raise ConfigError(f"{base.path}: base must be an fp32 ONNX artifact, is {base.format} {base.precision}")
         base.require_usable()
         if base.manifest.get("model") != meta or base.manifest["source"].get("weights_sha256") != fingerprint:
             raise ConfigError(f"{base.path}: base artifact was exported from different weights than this model")
+        carry.update(base_carry(base.manifest))
         return {name: (base.file(g["file"]), g["weight_bytes_fp32"]) for name, g in base.manifest["graphs"].items()}
 
     def _calibration_feeds(self, vla: Any, family: Any, work: Path, graphs: dict, observations: list[dict],
@@ -159,7 +183,10 @@ class OnnxExporter(Exporter):
             return runner_outputs(runner, family.load_processor(artifact.path)(observations), ref)
 
         got = run_or_fail(artifact, "ONNX Runtime", run)
-        return record(artifact, ref, got, config.tolerance_for,
+        carried = artifact.manifest.get("quantization_carry")
+        tolerance_for = config.tolerance_for if config.tolerance is not None or not carried else (
+            lambda head: carried_tolerance(config.precision, carried, DEFAULT_TOLERANCES))
+        return record(artifact, ref, got, tolerance_for,
                       {"torch": torch_s, "onnxruntime": time.perf_counter() - t1})
 
 
@@ -173,6 +200,32 @@ def _shapes_by_arg(spec) -> dict:
     if len(params) != len(names):
         raise ExportError(spec.name, f"dynamic_shapes names {names} do not match forward{tuple(params)}")
     return {p: spec.dynamic_shapes[n] for p, n in zip(params, names)}
+
+
+def base_carry(manifest: dict) -> dict[str, dict]:
+    """Per-graph carry reports rebuilt from an fp32 base artifact's manifest (its carried nodes
+    stay as they are when the base is quantized to another precision)."""
+    summary = manifest.get("quantization_carry")
+    if not summary:
+        return {}
+    out = {}
+    for name, g in manifest["graphs"].items():
+        layers = {n: e for n, e in summary["layers"].items() if name in e.get("graphs", [])}
+        out[name] = {"layers": layers, "nodes": list(g.get("carried_nodes", [])), "not_carried": summary["not_carried"]}
+    return out
+
+
+def warn_not_carried(out_dir: Path, summary: dict) -> None:
+    """Say clearly which torch-quantized layers did not keep their scheme exactly."""
+    problems = {**summary.get("not_carried", {}), **summary.get("inexact", {})}
+    if problems:
+        lines = "; ".join(f"{n}: {why}" for n, why in sorted(problems.items()))
+        warnings.warn(f"{out_dir}: {len(problems)} torch-quantized layer(s) not carried exactly into the export: {lines}",
+                      QuantizationCarryWarning, stacklevel=3)
+
+
+class QuantizationCarryWarning(UserWarning):
+    """A torch-quantized layer's scheme could not be carried exactly into an export."""
 
 
 def _check(path: Path) -> None:

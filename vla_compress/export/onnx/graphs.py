@@ -88,6 +88,10 @@ def _reference_modules():
         # (n_bins x hidden) weight that quantizers see as a MatMul weight, instead of a slice of
         # the full vocabulary head computed at run time.
         n = vla.cfg.n_bins
+        if getattr(vla.action_head, "is_quantized", False):  # torch-quantized: the same rows, still quantized
+            from ...passes.quantize.modules import take_rows
+
+            return take_rows(vla.action_head, -n)
         head = nn.Linear(vla.cfg.backbone.hidden_size, n, bias=False)
         head.weight = nn.Parameter(vla.action_head.weight[-n:].detach().clone(), requires_grad=False)
         return head

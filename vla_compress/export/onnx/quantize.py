@@ -17,7 +17,8 @@ from ...errors import ConfigError
 from .config import OnnxExportConfig
 
 Feeds = Optional[list[dict]]  # calibration feeds of one graph (int8-static only)
-Quantizer = Callable[[Path, Path, OnnxExportConfig, bool, Feeds], None]
+# (src, dst, config, external data, calibration feeds, node names to leave alone)
+Quantizer = Callable[[Path, Path, OnnxExportConfig, bool, Feeds, list], None]
 _QUANTIZERS: dict[str, Quantizer] = {}
 
 # Static quantization covers the ops that hold the weights and most of the FLOPs. Quantizing
@@ -35,7 +36,9 @@ def register_quantizer(precision: str):
 
 
 def quantize(precision: str, src: Path, dst: Path, config: OnnxExportConfig, external: bool,
-             calibration: list[dict] | None = None) -> None:
+             calibration: list[dict] | None = None, exclude: list[str] | tuple = ()) -> None:
+    """Write `src` quantized at `precision` to `dst`; nodes named in `exclude` (layers carried from a
+    torch-quantized model, see carry.py) keep their form."""
     if precision not in _QUANTIZERS:
         raise ConfigError(f"no ONNX quantizer for precision {precision!r}; known: {', '.join(_QUANTIZERS)}")
     src, dst = Path(src).resolve(), Path(dst).resolve()
@@ -43,7 +46,7 @@ def quantize(precision: str, src: Path, dst: Path, config: OnnxExportConfig, ext
     # directory*, not to the model; run it from the target directory so that check means what
     # it should (and a stray file where the user happens to be cannot fail the export).
     with contextlib.chdir(dst.parent), _quiet():
-        _QUANTIZERS[precision](src, dst, config, external, calibration)
+        _QUANTIZERS[precision](src, dst, config, external, calibration, list(exclude))
 
 
 @contextlib.contextmanager
@@ -60,7 +63,7 @@ def _quiet() -> Iterator[None]:
 
 
 @register_quantizer("fp32")
-def _fp32(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds) -> None:
+def _fp32(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds, exclude: list) -> None:
     import onnx
 
     if src.resolve() == dst.resolve():
@@ -70,14 +73,17 @@ def _fp32(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibr
 
 
 @register_quantizer("int8-dynamic")
-def _int8_dynamic(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds) -> None:
+def _int8_dynamic(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds,
+                  exclude: list) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=external)
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=external,
+                     nodes_to_exclude=exclude)
 
 
 @register_quantizer("int8-static")
-def _int8_static(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds) -> None:
+def _int8_static(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds,
+                 exclude: list) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -95,16 +101,17 @@ def _int8_static(src: Path, dst: Path, config: OnnxExportConfig, external: bool,
                     op_types_to_quantize=STATIC_OP_TYPES, per_channel=config.per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
-                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+                    nodes_to_exclude=exclude, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
 
 @register_quantizer("int4-weight")
-def _int4_weight(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds) -> None:
+def _int4_weight(src: Path, dst: Path, config: OnnxExportConfig, external: bool, calibration: Feeds,
+                 exclude: list) -> None:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=config.block_size, is_symmetric=True,
-                             accuracy_level=config.accuracy_level)
+                             accuracy_level=config.accuracy_level, nodes_to_exclude=exclude)
     q.process()
     q.model.save_model_to_file(str(dst), use_external_data_format=external)
 

@@ -181,3 +181,21 @@ class Int4WeightOnlyLinear(QuantizedLinear):
         if self.smooth is not None:
             x = x / self.smooth.to(x.dtype)
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+def take_rows(m: QuantizedLinear, start: int) -> QuantizedLinear:
+    """A quantized module of the same class holding output rows [start:] of `m`: the same integer
+    values and scales (every scheme here quantizes per output row or per group within a row), so an
+    exporter that needs a slice of a quantized Linear (the action-bin rows of an LM head) can carry it."""
+    import copy
+
+    out = copy.deepcopy(m)
+    rows = range(m.out_features)[start:]
+    idx = slice(rows.start, rows.stop)
+    out.qweight = m.qweight[idx].clone()
+    out.scale = m.scale[idx].clone()
+    if m.bias is not None:
+        out.bias = nn.Parameter(m.bias[idx].detach().clone(), requires_grad=False)
+    out.out_features = len(rows)
+    out.rows_of = (m, rows.start)  # (a tuple: not registered as a submodule) which module, from which row
+    return out

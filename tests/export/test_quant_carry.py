@@ -1,0 +1,155 @@
+"""A torch-quantized model keeps its own integers and scales in its ONNX export (export/onnx/carry.py)."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from tests.passes.conftest import context_for
+from vla_compress.export import export, validate
+from vla_compress.export.onnx import OnnxExportConfig
+from vla_compress.export.onnx.carry import carry_quantization
+from vla_compress.export.onnx.exporter import QuantizationCarryWarning
+from vla_compress.passes import apply_passes
+from vla_compress.passes.quantize import Int4WeightOnlyConfig, Int8StaticActivationInt8WeightConfig
+from vla_compress.passes.quantize.modules import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from vla_compress.passes.quantize.serialize import quantized_modules
+
+
+def quantized(tiny_models, head: str, config):
+    vla = copy.deepcopy(tiny_models[head])
+    return apply_passes(vla, [config], context_for(vla, batch_size=2))
+
+
+def initializers(artifact, graph: str) -> dict[str, np.ndarray]:
+    model = onnx.load(str(artifact.file(artifact.manifest["graphs"][graph]["file"])))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def carried(vla, observations, tmp_path, name: str, **config):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", QuantizationCarryWarning)  # everything carries exactly
+        art = export(vla, OnnxExportConfig(**config), tmp_path / name, example=observations[:2],
+                     calibration=observations)
+    return art, validate(art, vla, observations)
+
+
+def requantized(vla, observations, tmp_path, precision: str):
+    with pytest.warns(QuantizationCarryWarning, match="carry_quantization is off"):
+        art = export(vla, OnnxExportConfig(precision=precision, carry_quantization=False), tmp_path / "requantized",
+                     example=observations[:2], calibration=observations)
+    assert not art.manifest["quantization_carry"]["layers"]
+    return validate(art, vla, observations)
+
+
+def test_int8_static_graph_holds_torch_integers_and_scales(tiny_models, observations, tmp_path):
+    vla = quantized(tiny_models, "regression", Int8StaticActivationInt8WeightConfig())
+    mods = quantized_modules(vla)
+    art, report = carried(vla, observations, tmp_path, "carried", precision="int8-static")
+    carry = art.manifest["quantization_carry"]
+    assert set(carry["layers"]) == set(mods) and not carry["not_carried"]
+    assert all(e["scheme"] == "int8_static" and e["graphs"] == ["policy_step"] for e in carry["layers"].values())
+    inits = initializers(art, "policy_step")
+    for i, node in enumerate(art.manifest["graphs"]["policy_step"]["carried_nodes"]):
+        prefix = node[: -len(".matmul")]
+        m = mods[prefix.split(".", 2)[2]]
+        w = inits[f"{prefix}.weight_int8"]
+        assert w.dtype == np.int8 and np.array_equal(w, m.qweight.numpy().T)
+        assert np.array_equal(inits[f"{prefix}.weight_scale"], m.scale.numpy())
+        assert inits[f"{prefix}.input_scale"] == np.float32(float(m.input_scale))
+        assert inits[f"{prefix}.input_zero_point"] == 0
+    assert art.manifest["graphs"]["policy_step"]["ops"]["QuantizeLinear"] >= len(mods)
+    # closer to the quantized torch model than re-quantizing its dequantized weights in ONNX
+    again = requantized(vla, observations, tmp_path, "int8-static")
+    assert report.passed
+    assert report.action_l1_mean < again.action_l1_mean and report.max_abs < again.max_abs
+
+
+@pytest.mark.parametrize("head", ["regression", "tokens"])
+def test_int4_awq_graph_holds_torch_nibbles_scales_and_smoothing(tiny_models, observations, tmp_path, head):
+    vla = quantized(tiny_models, head, Int4WeightOnlyConfig(group_size=32, awq=True))
+    mods = quantized_modules(vla)
+    assert any(m.smooth is not None for m in mods.values())
+    art, report = carried(vla, observations, tmp_path, "carried", precision="int4-weight")
+    carry = art.manifest["quantization_carry"]
+    graph = "policy_step" if head == "regression" else "prefill"
+    inits = initializers(art, graph)
+    model = onnx.load(str(art.file(f"{graph}.onnx")))
+    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
+    by_name = {n.name: n for n in nbits}
+    checked = 0
+    for name, m in mods.items():
+        if name == "action_head" and head == "tokens":
+            continue  # its action-bin rows are carried as "action_head[start:]" (below)
+        assert carry["layers"][name]["scheme"] == "int4_weight_only" and carry["layers"][name]["exact"]
+        (node,) = [n for n in by_name if n.startswith("carry.") and n.split(".", 2)[2] == f"{name}.matmul"]
+        prefix = node[: -len(".matmul")]
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in by_name[node].attribute}
+        assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["K"] == m.in_features
+        assert np.array_equal(inits[f"{prefix}.weight_nbits"].reshape(m.out_features, -1), m.qweight.numpy())
+        assert np.array_equal(inits[f"{prefix}.scales"], m.scale.float().numpy().reshape(-1))
+        if m.smooth is not None:
+            assert np.array_equal(inits[f"{prefix}.awq_smooth"], m.smooth.numpy())
+        checked += 1
+    assert checked >= 20
+    # not quantized in torch (4 inputs: no group of 32), so not carried: the precision quantizes what it can
+    assert "proprio_projector.fc1" not in carry["layers"]
+    if head == "tokens":  # the 256 action-bin rows of the quantized LM head, carried in prefill and decode
+        rows = f"action_head[{vla.action_head.out_features - 256}:]"
+        assert set(carry["layers"][rows]["graphs"]) == {"prefill", "decode"} and "action_head" not in carry["not_carried"]
+        bins = inits[[k for k in inits if k.endswith(f"{rows}.weight_nbits")][0]]
+        assert np.array_equal(bins.reshape(256, -1), vla.action_head.qweight[-256:].numpy())
+    assert report.passed
+    again = requantized(vla, observations, tmp_path, "int4-weight")
+    if head == "regression":
+        assert report.max_abs < 1e-4 < again.max_abs  # exact integers: only float rounding remains
+        assert report.action_l1_mean < again.action_l1_mean
+    else:  # a random tokens model decodes near-tied logits: compare the logits along the torch tokens
+        assert report.token_match >= again.token_match
+        assert report.max_abs < again.max_abs
+
+
+def test_fp32_precision_keeps_the_carried_layers_and_base_reuse(tiny_models, observations, tmp_path):
+    vla = quantized(tiny_models, "regression", Int4WeightOnlyConfig(group_size=32))
+    art, report = carried(vla, observations, tmp_path, "fp32", precision="fp32")
+    assert art.manifest["graphs"]["policy_step"]["ops"]["MatMulNBits"] == len(art.manifest["quantization_carry"]["layers"])
+    assert report.passed and report.max_abs < 1e-4
+    # quantizing that fp32 artifact to int8-dynamic leaves the carried layers as they are
+    again = export(vla, OnnxExportConfig(precision="int8-dynamic"), tmp_path / "from-base", base=art)
+    ops = again.manifest["graphs"]["policy_step"]["ops"]
+    assert ops["MatMulNBits"] == art.manifest["graphs"]["policy_step"]["ops"]["MatMulNBits"]
+    assert again.manifest["quantization_carry"]["layers"] == art.manifest["quantization_carry"]["layers"]
+    assert validate(again, vla, observations).passed
+
+
+def test_a_module_missing_from_the_graph_is_reported_not_carried(onnx_fp32):
+    model = onnx.load(str(onnx_fp32["regression"].file("policy_step.onnx")))
+    stray = Int8WeightOnlyLinear.from_float(torch.nn.Linear(8, 8))
+    rep = carry_quantization(model, {"extra.linear": stray})
+    assert not rep["layers"] and "not the constant of a MatMul/Gemm" in rep["not_carried"]["extra.linear"]
+
+
+def test_int4_nibble_layout_is_matmulnbits_layout():
+    """MatMulNBits (zero point 8) computes the same weight as the torch module's packing."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    lin = torch.nn.Linear(64, 16, bias=False)
+    m = Int4WeightOnlyLinear.from_float(lin, 32)
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 16])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.graph.node.append(helper.make_node("MatMul", ["x", "w"], ["y"], name="mm"))
+    model.graph.initializer.append(numpy_helper.from_array(m.dequantize().numpy().T.copy(), "w"))
+    rep = carry_quantization(model, {"lin": m})
+    assert rep["nodes"] == ["carry.0.lin.matmul"]
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(y, m(torch.from_numpy(x)).numpy(), atol=1e-5)
