@@ -70,6 +70,13 @@ def test_every_stage_ran_and_the_manifest_records_it(finished_run):
     assert m["stages"]["passes"]["status"] == "done"
     log = m["variants"]["compressed"]["passes"]
     assert log[0]["after"]["state_dict_bytes"] < log[0]["before"]["state_dict_bytes"]
+    # offline fidelity against the original on the held-out (validation) frames, and sizes on disk
+    assert log[0]["fidelity"]["observations"] == 2 and log[0]["fidelity"]["action_l1"] > 0
+    assert 0 < log[0]["after"]["size_on_disk_bytes"] < log[0]["before"]["size_on_disk_bytes"]
+    # the fp32 ONNX export keeps the pass's int8 weights (carried from torch, not re-quantized)
+    carry = m["variants"]["onnx-fp32"]
+    art = json.loads((Path(carry["path"]) / "artifact.json").read_text())
+    assert art["quantization_carry"]["layers"] and not art["quantization_carry"]["not_carried"]
     assert (finished_run / "report.html").is_file()
 
 

@@ -254,6 +254,9 @@ class PassContext:
     teacher: Any = None  # the uncompressed model (distillation, sensitivity references)
     training: Any = None  # a LeRobot dataset (path or LeRobotDataset) whose frames passes train on
     seed: int = 0
+    # held-out observations (never calibrated or trained on): the runner measures each pass's
+    # action fidelity against the original model on them (runner.fidelity)
+    held_out: Any = None
     notes: dict = field(default_factory=dict)
 
     def require(self, config: PassConfig) -> None:

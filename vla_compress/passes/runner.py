@@ -5,6 +5,13 @@
 where before/after hold count_policy_step's params / flops / weight_bytes plus the logical
 parameter count (quantized weights count as their element count) and the state-dict bytes, and
 details is whatever the pass recorded (layers dropped, heads kept, bits per layer, ...).
+
+When the context holds held-out observations (`PassContext.held_out`: frames never used for
+calibration or training), every entry also gets `fidelity`: the model after this pass against the
+original (the model as it was before the first pass of this call) on those observations --
+normalised action L1 and max |difference| over the whole chunk, and for an action-token head the
+fraction of greedily decoded action tokens that agree. `size_on_disk_bytes` in before/after is the
+checkpoint directory's size where one was written (the pipeline fills it in); None otherwise.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ def measure(vla: Any) -> dict:
     logical = c.params + sum(m.in_features * m.out_features for m in quant)
     return {"params": c.params, "params_logical": int(logical), "flops": c.flops, "weight_bytes": c.weight_bytes,
             "state_dict_bytes": int(sum(t.numel() * t.element_size() for t in sd.values())),
+            "size_on_disk_bytes": None,
             "visual_tokens": vla.token_counts().visual,
             "per_component": {k: {"params": v["params"], "param_bytes": v["param_bytes"], "flops": v["flops"]}
                               for k, v in c.per_component.items()}}
@@ -49,6 +57,7 @@ def apply_passes(vla: Any, configs: Sequence[PassConfig | dict], context: PassCo
         context.require(cfg)
     if not hasattr(vla, "compression_log"):
         vla.compression_log = []
+    reference = policy_outputs(vla, context.held_out) if context.held_out else None
     for spec, cfg in zip(specs, configs):
         torch.manual_seed(context.seed)
         before = measure(vla) if measure_counts else {}
@@ -57,10 +66,51 @@ def apply_passes(vla: Any, configs: Sequence[PassConfig | dict], context: PassCo
         vla = spec.apply(vla, cfg, context)
         wall = time.perf_counter() - t0
         vla.eval()
-        vla.compression_log.append({"pass": cfg.name, "config": cfg.to_dict(), "before": before,
-                                    "after": measure(vla) if measure_counts else {}, "wall_s": round(wall, 4),
-                                    "details": dict(context.notes)})
+        entry = {"pass": cfg.name, "config": cfg.to_dict(), "before": before,
+                 "after": measure(vla) if measure_counts else {}, "wall_s": round(wall, 4),
+                 "details": dict(context.notes)}
+        if reference is not None:
+            entry["fidelity"] = fidelity(reference, policy_outputs(vla, context.held_out))
+        vla.compression_log.append(entry)
     return vla
+
+
+def policy_outputs(vla: Any, observations: list[dict], batch: int = 8) -> dict:
+    """Normalised action chunks (N, K, A) of `vla` on `observations` and, for an action-token head,
+    the greedily decoded action tokens (N, K*A): what the robot would get, in torch."""
+    import numpy as np
+    import torch
+
+    from ..errors import ConfigError
+    from ..export.family import get_export_family
+
+    try:
+        family = get_export_family(getattr(vla, "family", ""))
+    except ConfigError:  # a family without export hooks: action chunks only
+        family = None
+    parts: list[dict] = []
+    with torch.inference_mode():
+        for i in range(0, len(observations), batch):
+            obs = observations[i:i + batch]
+            if family is not None:
+                out = family.torch_outputs(vla, obs)
+                parts.append({k: out[k] for k in ("actions", "bins") if k in out})
+            else:
+                parts.append({"actions": np.asarray(vla.predict_chunk(vla.preprocess(obs)), dtype=np.float32)})
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def fidelity(reference: dict, got: dict) -> dict:
+    """Offline action fidelity of `got` against `reference` (both from policy_outputs)."""
+    import numpy as np
+
+    a, b = np.asarray(reference["actions"], np.float64), np.asarray(got["actions"], np.float64)
+    out = {"observations": int(a.shape[0]), "reference": "the model before the first pass",
+           "action_l1": float(np.abs(a - b).mean()), "action_max_abs": float(np.abs(a - b).max()),
+           "token_agreement": None}
+    if "bins" in reference and "bins" in got:
+        out["token_agreement"] = float((np.asarray(reference["bins"]) == np.asarray(got["bins"])).mean())
+    return out
 
 
 def quantize_(vla: Any, config: PassConfig | dict, context: PassContext | None = None) -> Any:

@@ -152,9 +152,10 @@ class Pipeline:
             teacher = self.baseline_vla() if any(TEACHER in p.needs() for p in self.recipe.passes) else None
             ctx = PassContext(calibration=calibration_dataset(vla, self.observations("calibration")),
                               teacher=teacher, seed=self.recipe.calibration["seed"],
-                              training=self.calibration_root())
+                              training=self.calibration_root(), held_out=self.observations("validation"))
             vla = apply_passes(vla, self.recipe.passes, ctx)
             vla.save_pretrained(work / "checkpoint")
+            record_disk_sizes(vla, len(self.recipe.passes), self.checkpoint, work / "checkpoint")
             from ..passes.runner import compare_models
 
             reload = load_vla(work / "checkpoint")
@@ -167,7 +168,7 @@ class Pipeline:
                     "vs_baseline": vs_baseline}
 
         material = {"checkpoint": self.ckpt_key, "passes": [p.to_dict() for p in self.recipe.passes],
-                    "calibration": cal_key}
+                    "calibration": cal_key, "log": 2}  # log 2: fidelity on held-out frames, sizes on disk
         return self.run_.stage("passes", f"apply {len(self.recipe.passes)} pass(es)", material, fn)
 
     def _stage_export(self, cfg: Any, source_path: Path, source_key: str, cal_key: str) -> dict:
@@ -264,6 +265,31 @@ class Pipeline:
 
 
 # --- helpers ---------------------------------------------------------------------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+
+def weights_on_disk(path: Path) -> int:
+    """Bytes of a checkpoint directory's weight files (what compression changes; the small json
+    files beside them are left out so that recording the size does not change it)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def record_disk_sizes(vla: Any, n_passes: int, original: Path, saved: Path) -> None:
+    """Fill `size_on_disk_bytes` of the compression log where it is known (the original checkpoint
+    before this run's first pass, the saved one after its last) and rewrite its compression.json."""
+    from ..passes.checkpoint import save_compression
+
+    log = getattr(vla, "compression_log", None) or []
+    if not log or n_passes < 1:
+        return
+    first = log[len(log) - n_passes]
+    if first.get("before") and Path(original).is_dir():
+        first["before"]["size_on_disk_bytes"] = weights_on_disk(original)
+    if log[-1].get("after"):
+        log[-1]["after"]["size_on_disk_bytes"] = weights_on_disk(saved)
+    save_compression(vla, saved)
+
 
 def dataset_fingerprint(path: str | None) -> dict | None:
     """Size and mtime of every file of a user-given dataset (a change invalidates the stages using it)."""
