@@ -32,18 +32,28 @@ class DistillData:
         return frame_batch(vla.processor, self.frames, self.norm_actions, vla.state_norm, idx, vla.cfg.chunk_size,
                            shift_px, device, rng)
 
+    def batch_dict(self, vla: Any, idx: np.ndarray, shift_px: int = 0, rng: np.random.RandomState | None = None,
+                   device: Any = None) -> dict:
+        """{"inputs": model inputs, "actions": action chunk} (the form objectives.py reads)."""
+        imgs, ids, mask, state, act = self.batch(vla, idx, shift_px, rng, device)
+        return {"inputs": {"pixel_values": imgs, "text_ids": ids, "text_mask": mask, "state": state}, "actions": act}
+
     def eval_indices(self, n: int) -> np.ndarray:
-        """Up to `n` held-out frames spread evenly over the held-out episodes."""
-        if n == 0 or len(self.val_idx) == 0:
-            return self.val_idx[:0]
-        return self.val_idx[np.unique(np.linspace(0, len(self.val_idx) - 1, min(n, len(self.val_idx))).astype(int))]
+        return spread(self.val_idx, n)
 
 
-def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillData:
-    """Decode the training episodes (all, or `train_episodes` of them, seeded) and the held-out
-    ones (the last `val_episodes_per_task` of each task, as the BC trainer holds out)."""
+def spread(val_idx: np.ndarray, n: int) -> np.ndarray:
+    """Up to `n` held-out frames spread evenly over the held-out episodes."""
+    if n == 0 or len(val_idx) == 0:
+        return val_idx[:0]
+    return val_idx[np.unique(np.linspace(0, len(val_idx) - 1, min(n, len(val_idx))).astype(int))]
+
+
+def choose_episodes(dataset: Any, config: DistillConfig) -> tuple[Any, np.ndarray, np.ndarray]:
+    """(the LeRobotDataset, training episode indices, held-out ones): all training episodes or
+    `train_episodes` of them (seeded); held out, the last `val_episodes_per_task` of each task."""
     from ...data.lerobot import LeRobotDataset
-    from ...train.bc import load_frames, split_episodes
+    from ...train.bc import split_episodes
 
     ds = dataset if isinstance(dataset, LeRobotDataset) else LeRobotDataset(Path(dataset))
     meta = [{"index": e["episode_index"], "task": e["tasks"][0]} for e in ds.episodes]
@@ -54,6 +64,14 @@ def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillD
     if config.train_episodes and config.train_episodes < len(train_eps):
         rng = np.random.default_rng(config.seed)
         train_eps = np.sort(rng.choice(train_eps, config.train_episodes, replace=False))
+    return ds, train_eps, val_eps
+
+
+def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillData:
+    """Decode the training episodes and the held-out ones (choose_episodes), as the BC trainer."""
+    from ...train.bc import load_frames, split_episodes
+
+    ds, train_eps, val_eps = choose_episodes(dataset, config)
     chosen = sorted(int(i) for i in np.concatenate([train_eps, val_eps]))
     camera = vla.cfg.vision.camera
     if f"observation.images.{camera}" not in ds.camera_keys and camera not in ds.camera_keys:

@@ -20,7 +20,8 @@ import numpy as np
 from ...errors import PassError
 from ..base import PassContext, scoped_modules
 from .config import DistillConfig
-from .data import DistillData, load_distill_data
+from .data import load_distill_data
+from .objectives import Objective, draw_flow_noise, make_objective
 
 log = logging.getLogger(__name__)
 
@@ -68,152 +69,64 @@ def check_teacher(vla: Any, teacher: Any, config: DistillConfig) -> None:
         problems.append(f"family {getattr(teacher, 'family', None)!r} vs the student's {vla.family!r}")
     elif teacher.action_spec != vla.action_spec:
         problems.append(f"action spec {teacher.action_spec} vs the student's {vla.action_spec}")
-    else:
+    elif vla.family == "reference":
         for what in ("action_norm", "state_norm"):
             a, b = getattr(teacher, what), getattr(vla, what)
             if not (np.allclose(a.low, b.low) and np.allclose(a.high, b.high) and np.array_equal(a.mask, b.mask)):
                 problems.append(f"different {what} statistics")
         if teacher.cfg.vision.image_size != vla.cfg.vision.image_size:
             problems.append("a different image size")
+    else:  # every family's unnormaliser is affine: equal at -1 and +1 means equal statistics
+        probe = np.stack([-np.ones(vla.action_spec.dim, np.float32), np.ones(vla.action_spec.dim, np.float32)])[None]
+        if not np.allclose(teacher.unnormalize_actions(probe), vla.unnormalize_actions(probe)):
+            problems.append("different action statistics")
     if problems:
         raise PassError(f"pass {config.name!r}: the teacher does not match the student: {'; '.join(problems)}")
 
 
-# --- losses ---------------------------------------------------------------------------------------
-
-class HiddenCapture:
-    """Forward hooks keeping the output hidden states (and the backbone's attention mask) of named
-    components while `active`."""
-
-    def __init__(self, vla: Any, names: tuple[str, ...]):
-        comps = vla.components()
-        unknown = [n for n in names if n not in comps]
-        if unknown:
-            raise PassError(f"pass 'distill': hidden_components {unknown} are not components of the model "
-                            f"({', '.join(comps)})")
-        self.out: dict[str, tuple[Any, Any]] = {}
-        self.active = False
-        self.handles = [comps[n].register_forward_hook(self._hook(n), with_kwargs=True) for n in names]
-
-    def _hook(self, name: str):
-        def fn(module, args, kwargs, output):
-            if not self.active:
-                return
-            h = output if not hasattr(output, "last_hidden_state") else output.last_hidden_state
-            h = h[0] if isinstance(h, tuple) else h
-            mask = kwargs.get("attention_mask")
-            self.out[name] = (h, mask if mask is not None and mask.dim() == 2 else None)
-        return fn
-
-    @contextlib.contextmanager
-    def capturing(self) -> Iterator[dict]:
-        self.out, self.active = {}, True
-        try:
-            yield self.out
-        finally:
-            self.active = False
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def hidden_loss(student: dict, teacher: dict) -> Any:
-    """Mean over components of MSE(student, teacher) / mean(teacher^2), over unpadded positions."""
-    total = 0.0
-    for name, (t, mask) in teacher.items():
-        s, _ = student[name]
-        if s.shape != t.shape:
-            raise PassError(f"pass 'distill': hidden states of {name!r} differ in shape (student {tuple(s.shape)}, "
-                            f"teacher {tuple(t.shape)}): a pass changed that component's sequence or width; "
-                            f"match another component (hidden_components) or set hidden_weight to 0")
-        t = t.detach().float()
-        w = (mask.float() if mask is not None else t.new_ones(t.shape[:2]))[..., None]
-        mse = ((s.float() - t).pow(2) * w).sum() / (w.sum() * t.shape[-1])
-        total = total + mse / ((t.pow(2) * w).sum() / (w.sum() * t.shape[-1])).clamp(min=1e-8)
-    return total / max(len(teacher), 1)
-
-
-class Objective:
-    """The distillation loss of one batch; `parts` keeps the last action / hidden terms."""
-
-    def __init__(self, student: Any, teacher: Any, config: DistillConfig):
-        self.s, self.t, self.config = student, teacher, config
-        names = tuple(config.hidden_components) if config.hidden_weight > 0 else ()
-        self.s_cap, self.t_cap = HiddenCapture(student, names), HiddenCapture(teacher, names)
-        self.parts: dict[str, float] = {}
-
-    def remove(self) -> None:
-        self.s_cap.remove()
-        self.t_cap.remove()
-
-    def teacher_forward(self, imgs, text_ids, text_mask, state):
-        """(teacher's output, the action token ids to force with, captured teacher hidden states)."""
-        import torch
-
-        cfg = self.s.cfg
-        with torch.no_grad():
-            if cfg.head == "regression":
-                with self.t_cap.capturing() as hidden:
-                    return self.t.forward_regression(imgs, text_ids, text_mask, state), None, hidden
-            ids = self.t.generate_action_tokens(imgs, text_ids, text_mask, state) + (
-                cfg.backbone.vocab_size - cfg.n_bins)
-            with self.t_cap.capturing() as hidden:
-                logits = self.t.forward_tokens_teacher(imgs, text_ids, text_mask, state, ids)[..., -cfg.n_bins:]
-            return logits, ids, hidden
-
-    def __call__(self, imgs, text_ids, text_mask, state):
-        import torch.nn.functional as F
-
-        cfg, T = self.s.cfg, self.config.temperature
-        target, ids, t_hidden = self.teacher_forward(imgs, text_ids, text_mask, state)
-        with self.s_cap.capturing() as s_hidden:
-            if cfg.head == "regression":
-                out = self.s.forward_regression(imgs, text_ids, text_mask, state)
-                action = F.l1_loss(out.float(), target.float())
-            else:
-                logits = self.s.forward_tokens_teacher(imgs, text_ids, text_mask, state, ids)[..., -cfg.n_bins:]
-                action = F.kl_div(F.log_softmax(logits.float().reshape(-1, cfg.n_bins) / T, -1),
-                                  F.log_softmax(target.float().reshape(-1, cfg.n_bins) / T, -1),
-                                  log_target=True, reduction="batchmean") * T * T
-        loss = self.config.action_weight * action
-        self.parts = {"action": float(action.detach())}
-        if self.config.hidden_weight > 0:
-            h = hidden_loss(s_hidden, t_hidden)
-            loss = loss + self.config.hidden_weight * h
-            self.parts["hidden"] = float(h.detach())
-        return loss
-
-
 # --- held-out distance -----------------------------------------------------------------------------
 
-def heldout(student: Any, teacher: Any, data: DistillData, objective: Objective, idx: np.ndarray,
+def _batches(vla: Any, data: Any, idx: np.ndarray, batch_size: int, seed: int) -> list[dict]:
+    """The held-out batches, unaugmented; SmolVLA's noise and times drawn from `seed`, so every
+    evaluation sees the same ones."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(0, len(idx), batch_size):
+        batch = data.batch_dict(vla, idx[i:i + batch_size])
+        out.append(draw_flow_noise(vla, batch, rng) if vla.family == "smolvla" else batch)
+    return out
+
+
+def heldout(student: Any, teacher: Any, data: Any, objective: Objective, idx: np.ndarray,
             batch_size: int, cache: dict) -> dict:
     """Distance of the student to the teacher (and to the demonstrations) on held-out frames:
     action L1 in the normalised action space (the chunk each model predicts at run time, greedy
-    tokens decoded to bin centres for the tokens head) and the training objective without
-    augmentation. The teacher's chunks are computed once and kept in `cache` (with the teacher's
-    own L1 to the demonstrations under "teacher_l1_to_data")."""
+    tokens decoded to bin centres for tokens heads, the same Euler start noise for both models for
+    SmolVLA) and the training objective without augmentation. The batches and the teacher's chunks
+    are computed once and kept in `cache` (with the teacher's own L1 to the demonstrations under
+    "teacher_l1_to_data")."""
     import torch
 
     if len(idx) == 0:
         return {}
+    if "batches" not in cache:
+        cache["batches"] = _batches(student, data, idx, batch_size, objective.config.seed)
     sums = {"action_l1_to_teacher": 0.0, "action_l1_to_data": 0.0, "objective": 0.0}
     chunks = cache.setdefault("teacher_chunks", {})
     teacher_to_data = 0.0
     student.eval()
     with torch.no_grad():
-        for i in range(0, len(idx), batch_size):
-            sel = idx[i:i + batch_size]
-            imgs, ids, mask, state, act = data.batch(student, sel)
-            inputs = {"pixel_values": imgs, "text_ids": ids, "text_mask": mask, "state": state}
+        for i, batch in enumerate(cache["batches"]):
+            inputs, act = batch["inputs"], batch["actions"]
+            if "noise" in batch:
+                inputs = {**inputs, "noise": batch["noise"]}
             if i not in chunks:
-                chunks[i] = teacher.predict_chunk(inputs).float()
-            chunk = student.predict_chunk(inputs).float()
-            n = len(sel)
+                chunks[i] = teacher.predict_chunk(dict(inputs)).float()
+            chunk = student.predict_chunk(dict(inputs)).float()
+            n = len(act)
             sums["action_l1_to_teacher"] += float((chunk - chunks[i]).abs().mean()) * n
             sums["action_l1_to_data"] += float((chunk - act).abs().mean()) * n
-            sums["objective"] += float(objective(imgs, ids, mask, state)) * n
+            sums["objective"] += float(objective(batch)) * n
             teacher_to_data += float((chunks[i] - act).abs().mean()) * n
     cache["teacher_l1_to_data"] = round(teacher_to_data / len(idx), 6)
     return {k: round(v / len(idx), 6) for k, v in sums.items()}
@@ -226,45 +139,66 @@ def _window_mean(values: list[float], n: int, last: bool) -> float:
     return round(float(np.mean(w)), 6)
 
 
+def load_data(vla: Any, dataset: Any, config: DistillConfig) -> Any:
+    """The family's frames: the BC trainer's tensors (reference) or processor observations."""
+    if vla.family == "reference":
+        return load_distill_data(vla, dataset, config)
+    from .data_families import load_family_data
+
+    return load_family_data(vla, dataset, config)
+
+
 def distill(vla: Any, config: DistillConfig, context: PassContext) -> Any:
     teacher = context.teacher.eval()
     check_teacher(vla, teacher, config)
     params, frozen = trainable_parameters(vla, config)
     t0 = time.perf_counter()
-    data = load_distill_data(vla, context.training, config)
+    data = load_data(vla, context.training, config)
     load_s = time.perf_counter() - t0
-    teacher.to(next(vla.parameters()).device)
-    objective = Objective(vla, teacher, config)
     eval_idx, cache = data.eval_indices(config.eval_frames), {}
+    if config.eval_every and len(eval_idx) == 0:
+        raise PassError(f"pass {config.name!r}: eval_every needs held-out frames, and the dataset split has none")
+    teacher.to(next(vla.parameters()).device)
+    objective = make_objective(vla, teacher, config)
     try:
         before = heldout(vla, teacher, data, objective, eval_idx, config.batch_size, cache)
         log.info("distill: %d train / %d held-out frames; held out before: %s", len(data.train_idx),
                  len(data.val_idx), before)
+        evaluate = lambda: heldout(vla, teacher, data, objective, eval_idx, config.batch_size, cache)  # noqa: E731
         t1 = time.perf_counter()
-        losses = train_steps(vla, params, data, objective, config)
+        run = train_steps(vla, params, data, objective, config, evaluate if config.eval_every else None,
+                          before.get("objective"))
         train_s = time.perf_counter() - t1
         parts = dict(objective.parts)  # the last training batch's loss terms
         after = heldout(vla, teacher, data, objective, eval_idx, config.batch_size, cache)
     finally:
         objective.remove()
-    every = max(1, config.steps // 20)
-    window = max(1, min(10, config.steps // 10))
+    losses, steps = run["losses"], len(run["losses"])
+    every = max(1, steps // 20)
+    window = max(1, min(10, steps // 10))
     context.notes.update({
-        "head": vla.cfg.head, "steps": config.steps, "trainable_params": int(sum(p.numel() for p in params.values())),
+        "head": vla.action_spec.head, "steps": config.steps, "steps_run": steps, "stopped": run["stopped"],
+        "trainable_params": int(sum(p.numel() for p in params.values())),
         "frozen_quantized": frozen, "episodes": data.episodes,
         "frames": {"train": int(len(data.train_idx)), "val": int(len(data.val_idx)), "eval": int(len(eval_idx))},
         "loss_start": _window_mean(losses, window, last=False), "loss_end": _window_mean(losses, window, last=True),
-        "loss_curve": [[s, _window_mean(losses[:s], every, last=True)] for s in range(every, config.steps + 1, every)],
+        "loss_curve": [[s, _window_mean(losses[:s], every, last=True)] for s in range(every, steps + 1, every)],
         "last_step_parts": parts,
         "heldout": {"before": before, "after": after, "teacher_l1_to_data": cache.get("teacher_l1_to_data")},
-        "load_s": round(load_s, 2), "train_s": round(train_s, 2), "s_per_step": round(train_s / config.steps, 4),
+        "load_s": round(load_s, 2), "train_s": round(train_s, 2), "s_per_step": round(train_s / max(steps, 1), 4),
     })
+    if config.eval_every:
+        context.notes.update({"heldout_curve": run["curve"], "best_heldout_objective": run["best"],
+                              "best_step": run["best_step"]})
     return vla
 
 
-def train_steps(vla: Any, params: dict[str, Any], data: DistillData, objective: Objective,
-                config: DistillConfig) -> list[float]:
-    """The optimisation loop (seeded batches, augmentation, AdamW + cosine); returns each step's loss."""
+def train_steps(vla: Any, params: dict[str, Any], data: Any, objective: Objective, config: DistillConfig,
+                evaluate: Any = None, start_objective: float | None = None) -> dict:
+    """The optimisation loop (seeded batches, augmentation, AdamW + cosine) with early stopping on
+    the held-out objective when `evaluate` is given (see DistillConfig). Returns {"losses": per
+    step, "stopped": "steps" | "early_stop", "curve": [[step, held-out objective]], "best",
+    "best_step"}; the best evaluated weights are in place on return."""
     import torch
 
     from ...train.bc import adamw_cosine
@@ -274,13 +208,19 @@ def train_steps(vla: Any, params: dict[str, Any], data: DistillData, objective: 
     rng = np.random.RandomState(config.seed)
     opt, sched = adamw_cosine(list(params.values()), config.lr, config.weight_decay, config.warmup, config.steps)
     losses: list[float] = []
+    snapshot = lambda: {n: p.detach().clone() for n, p in params.items()}  # noqa: E731
+    best = {"value": start_objective, "step": 0, "weights": snapshot() if evaluate else None}
+    curve = [[0, start_objective]] if evaluate else []
+    stopped, bad = "steps", 0
     t0, checked, report = time.perf_counter(), False, max(1, config.steps // 10)
     with only_training(vla, params):
         for step in range(1, config.steps + 1):
             idx = rng.choice(data.train_idx, config.batch_size, replace=len(data.train_idx) < config.batch_size)
-            batch = data.batch(vla, idx, config.shift_px, rng, device)
+            batch = data.batch_dict(vla, idx, config.shift_px, rng, device)
+            if vla.family == "smolvla":
+                batch = draw_flow_noise(vla, batch, rng)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
-                loss = objective(*batch[:4])
+                loss = objective(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             losses.append(float(loss.detach()))
@@ -293,7 +233,24 @@ def train_steps(vla: Any, params: dict[str, Any], data: DistillData, objective: 
             if step % report == 0 or step == config.steps:
                 log.info("distill: step %d/%d loss %.5f (%.2f s/step)", step, config.steps,
                          np.mean(losses[-report:]), (time.perf_counter() - t0) / step)
-    return losses
+            if evaluate is not None and step % config.eval_every == 0:
+                value = evaluate()["objective"]
+                vla.train()
+                curve.append([step, value])
+                if best["value"] is None or value < best["value"] - config.early_stop_min_delta:
+                    best, bad = {"value": value, "step": step, "weights": snapshot()}, 0
+                else:
+                    bad += 1
+                if config.early_stop_patience and bad >= config.early_stop_patience:
+                    stopped = "early_stop"
+                    log.info("distill: early stop at step %d (best held-out objective %.5f at step %d)", step,
+                             best["value"], best["step"])
+                    break
+    if evaluate is not None and best["step"] != len(losses):
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(best["weights"][n])
+    return {"losses": losses, "stopped": stopped, "curve": curve, "best": best["value"], "best_step": best["step"]}
 
 
 def check_gradients(vla: Any, params: dict[str, Any], config: DistillConfig) -> None:
