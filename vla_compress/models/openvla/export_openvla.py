@@ -244,3 +244,56 @@ def _openvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
 
 register_graphs("openvla")(_openvla_graphs)
 register_graphs("openvla-oft")(_openvla_graphs)
+
+
+# --- GGUF (OpenVLA's Llama in llama.cpp; vision, projector and embeddings in ONNX) ------------------------
+def _gguf_side_graphs(vla: Any, example: dict) -> list[GraphSpec]:
+    """"embed": the four prefix inputs -> inputs_embeds (B, L, D), attention_mask (B, L): the
+    model's own `sequence()` (<s> [patches] [pad.. prompt]); llama.cpp decodes the real rows and
+    the action tokens greedily over the whole vocabulary, as the ONNX decode graph does."""
+    from torch import nn
+
+    if vla.family != "openvla":
+        raise ConfigError("GGUF export supports OpenVLA's autoregressive head; OpenVLA-OFT's parallel decoding "
+                          "(bidirectional, zero placeholder embeddings, shifted L1-head positions) is not wired "
+                          "to llama.cpp yet: export it with -f onnx")
+
+    class Embed(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, pixel_values, bos_ids, text_ids, text_mask):
+            return self.vla.sequence({"pixel_values": pixel_values, "bos_ids": bos_ids, "text_ids": text_ids,
+                                      "text_mask": text_mask})
+
+    names, args, shapes, _ = _prefix_inputs(vla, vla._model_inputs(example))
+    embed = Embed(vla).eval()
+    used = (vla.vision_backbone, vla.projector, vla.language_model.model.embed_tokens)
+    return [GraphSpec("embed", embed, args, names, ["inputs_embeds", "attention_mask"], shapes,
+                      sum(weight_bytes(m) for m in used))]
+
+
+def _gguf_backbone(vla: Any) -> tuple[Any, Any]:
+    """The Llama and its (untied) LM head: the action-token logits come from it."""
+    if vla.family != "openvla":
+        _gguf_side_graphs(vla, {})  # the one explanation of what is not supported
+    return vla.language_model.model, vla.language_model.lm_head.weight
+
+
+def _gguf_vocab(vla: Any) -> Any:
+    from ...export.gguf.writer import vocab_from_tokenizer
+
+    t = vla.tokenizer
+    pad = t.tok.token_to_id("<PAD>")  # OpenVLA's added pad token (id 32000 in openvla-7b), if present
+    return vocab_from_tokenizer(t.tok, t.bos_id, t.eos_id, pad)
+
+
+def _register_gguf() -> None:
+    from ...export.gguf.graphs import GgufFamily, register_gguf_family
+
+    for name in ("openvla", "openvla-oft"):
+        register_gguf_family(name, GgufFamily(_gguf_side_graphs, _gguf_backbone, _gguf_vocab))
+
+
+_register_gguf()

@@ -1,0 +1,70 @@
+"""GGUF export of OpenVLA's Llama (llama.cpp) with vision/projector/embeddings in ONNX, through
+`vla-compress export -f gguf`; the hybrid policy against torch; OpenVLA-OFT refused clearly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_compress.errors import ConfigError
+
+llama_cpp = pytest.importorskip(
+    "llama_cpp", reason="llama-cpp-python is not installed (./install.sh builds it; VLA_COMPRESS_NO_GGUF=1 skips it)")
+pytestmark = pytest.mark.gguf
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """The tiny OpenVLA checkpoint exported by the command at f32 and q8_0 (6 validation observations).
+    The gate is the logits' cosine (-t min_cosine=0.98): a random model's near-tie tokens flip under
+    q8_0 to arbitrary bins (as in test_onnx_openvla.py); f32 tightness is asserted on the numbers."""
+    from click.testing import CliRunner
+
+    from vla_compress.cli.main import main
+    from vla_compress.models.openvla.fixtures import write_tiny_openvla
+
+    root = tmp_path_factory.mktemp("openvla-gguf")
+    ckpt = write_tiny_openvla(root / "tiny-openvla", seed=0, settings={"unnorm_key": "bridge_orig"})
+    result = CliRunner().invoke(main, ["export", str(ckpt), "-f", "gguf", "-p", "f32", "-p", "q8_0",
+                                       "--out", str(root / "gguf"), "--samples", "6", "--calibration-samples", "2",
+                                       "-t", "min_cosine=0.98"])
+    return {"ckpt": ckpt, "result": result, "out": root / "gguf"}
+
+
+def test_gguf_export_and_parity(exported):
+    from vla_compress.export import Artifact
+
+    assert exported["result"].exit_code == 0, exported["result"].output
+    f32 = Artifact.load(exported["out"] / "gguf-f32")
+    p = f32.manifest["parity"]
+    assert f32.status == "ok" and p["max_abs"] < 1e-4 and p["token_match"] == 1.0 and p["action_l1_max"] < 1e-6
+    assert set(f32.manifest["graphs"]) == {"embed"} and f32.manifest["llama_cpp"]["output"] == "logits"
+    g = f32.manifest["gguf"]
+    assert g["tied_output"] is False and g["hparams"]["vocab_size"] == 576  # 513 tokenizer ids padded to 576
+    q8 = Artifact.load(exported["out"] / "gguf-q8_0")
+    assert q8.status == "ok" and q8.manifest["parity"]["cosine"] > 0.99 and q8.manifest["parity"]["token_match"] > 0
+    assert q8.manifest["gguf"]["tensor_types"].get("Q8_0", 0) > 0
+
+
+def test_llamacpp_policy_acts_like_torch(exported):
+    from vla_compress.models import load_vla
+    from vla_compress.runtime.llamacpp_policy import LlamaCppPolicy
+
+    vla = load_vla(exported["ckpt"])
+    policy = LlamaCppPolicy(exported["out"] / "gguf-f32")
+    rng = np.random.default_rng(4)
+    for text in ("open the drawer", "put both the alphabet soup and the tomato sauce in the basket"):
+        obs = {"images": {"primary": rng.integers(0, 256, (60, 40, 3), dtype=np.uint8)}, "instruction": text}
+        a, b = policy.infer(obs), vla.act(obs)
+        assert a.shape == b.shape == (1, 7) and np.allclose(a, b, atol=1e-4), np.abs(a - b).max()
+    assert {"embed", "prefill", "decode"} <= set(policy.component_latencies_s)
+    policy.graphs.close()
+
+
+def test_oft_gguf_is_refused_with_a_pointer_to_onnx(tmp_path):
+    from vla_compress.export import export
+    from vla_compress.export.gguf import GgufExportConfig
+    from vla_compress.models.openvla import OpenVLAOFT
+
+    with pytest.raises(ConfigError, match="OpenVLA-OFT's parallel decoding.*-f onnx"):
+        export(OpenVLAOFT.tiny(seed=1), GgufExportConfig(precision="f32"), tmp_path / "x")
