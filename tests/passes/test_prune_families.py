@@ -266,6 +266,35 @@ def test_width_importance_comes_from_the_calibration_data(model):
         assert bool(v.backbone.layers[0].mlp.down_proj.weight.abs().max() == big) is kept_big
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pruning_passes_compose_and_reload(model, family, tmp_path):
+    """Non-uniform vision widths, then a layer drop, then narrower backbone layers: every size is
+    recorded and rebuilt on load."""
+    vla = model(family)
+    gqa = "query_heads" if family == "smolvla" else "kv_groups"
+    apply_passes(vla, [WidthPruneConfig(mlp_ratio=0.4, heads_ratio=0.5, allocation="global", where="vision_encoder"),
+                       LayerDropConfig(num_layers=2 if family == "smolvla" else 1),
+                       WidthPruneConfig(heads_ratio=0.5, mlp_ratio=0.25, gqa=gqa)], context_for(vla))
+    assert [e["pass"] for e in vla.compression_log] == ["width-prune", "layer-drop", "width-prune"]
+    assert vla.compression_log[-1]["after"]["params"] < vla.compression_log[0]["before"]["params"]
+    check_predicts_and_round_trips(vla, tmp_path)
+
+
+def test_pruned_smolvla_exports_to_onnx_with_parity(model, tmp_path):
+    from vla_compress.export import export, validate
+    from vla_compress.export.onnx import OnnxExportConfig
+    from vla_compress.models.smolvla import SmolVLA
+    from vla_compress.passes import synthetic_observations
+
+    vla = SmolVLA.tiny(seed=1, num_steps=2)  # two Euler steps: a short trace
+    apply_passes(vla, [LayerDropConfig(num_layers=2),
+                       WidthPruneConfig(heads_ratio=0.5, mlp_ratio=0.5, gqa="query_heads",
+                                        where=["vision_encoder", "backbone", "action_head"])], context_for(vla))
+    art = export(vla, OnnxExportConfig(), tmp_path / "onnx")
+    report = validate(art, vla, synthetic_observations(vla, 2, seed=3))
+    assert report.passed and report.max_abs < 1e-4
+
+
 # --- errors -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("family", FAMILIES)
