@@ -220,6 +220,19 @@ def test_width_prune_vision(model, family, tmp_path):
     check_predicts_and_round_trips(vla, tmp_path)
 
 
+def test_openvla_scope_selects_one_vit(model, tmp_path):
+    vla = model("openvla")
+    siglip = [list(s) for s in stack(vla, "vision_encoder.fused_featurizer").sizes()]
+    apply_passes(vla, [WidthPruneConfig(mlp_ratio=0.5, where={"components": ["vision_encoder"],
+                                                              "include": ["vision_encoder.featurizer.blocks.*"]})],
+                 context_for(vla))
+    assert list(vla.compression_log[-1]["details"]) == ["vision_encoder.featurizer"]
+    assert [m for _, _, m in stack(vla, "vision_encoder.featurizer").sizes()] == [32, 32, 64]
+    assert [list(s) for s in stack(vla, "vision_encoder.fused_featurizer").sizes()] == siglip
+    assert list(vla.cfg.settings.layer_sizes) == ["vision_encoder.featurizer"]
+    check_predicts_and_round_trips(vla, tmp_path)
+
+
 def test_smolvla_width_prune_action_expert(model, tmp_path):
     vla = model("smolvla")
     st = stack(vla, "action_head")

@@ -37,6 +37,7 @@ def _fix_llama(model: Any, n: int) -> None:
 
 
 def sync_reference(vla: Any, stack: Stack) -> None:
+    """ReferenceConfig's backbone / vision sizes (scalars when uniform, per-layer tuples otherwise)."""
     from dataclasses import replace
 
     sizes = stack.sizes()
@@ -68,6 +69,7 @@ def sync_reference(vla: Any, stack: Stack) -> None:
 
 
 def sync_openvla(vla: Any, stack: Stack) -> None:
+    """OpenVLA's text_config / vision_backbone_overrides / layer_sizes (see the module docstring)."""
     from ...models.openvla.configuration_openvla import OpenVLAConfig
 
     sizes = stack.sizes()
@@ -112,6 +114,7 @@ def sync_openvla(vla: Any, stack: Stack) -> None:
 
 
 def sync_smolvla(vla: Any, stack: Stack) -> None:
+    """SmolVLA's num_vlm_layers / VLM vision depth / layer_sizes; re-derives the layer plan."""
     from ...models.smolvla.configuration_smolvla import SmolVLAArch, SmolVLAConfig, VLMConfig
 
     raw = dict(vla.cfg.raw)

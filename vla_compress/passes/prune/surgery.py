@@ -16,6 +16,7 @@ from .layout import Stack, family_stacks
 
 
 def check_float(*linears: Any) -> None:
+    """Refuse modules that are not plain float nn.Linear (quantized ones cannot be sliced)."""
     from torch import nn
 
     for lin in linears:
@@ -24,6 +25,7 @@ def check_float(*linears: Any) -> None:
 
 
 def check_layer_float(layer: Any) -> None:
+    """check_float on every Linear-like module of one layer."""
     check_float(*(m for m in layer.modules() if "Linear" in type(m).__name__))
 
 
@@ -46,6 +48,7 @@ def select_linear(lin: Any, out_idx: Any = None, in_idx: Any = None):
 
 
 def head_channels(heads: list[int], hd: int):
+    """Output-channel indices of the given heads (each `hd` wide)."""
     import torch
 
     return torch.cat([torch.arange(h * hd, (h + 1) * hd) for h in heads]) if heads else torch.zeros(0, dtype=torch.long)
