@@ -193,3 +193,28 @@ def test_bad_inputs_give_clear_errors(teachers, datasets, tmp_path):
         vla = pruned_student(smol)
         apply_passes(vla, [DistillConfig(steps=2, hidden_weight=1.0, **FAST)],
                      distill_context(vla, smol, datasets["smolvla"]))
+
+
+def test_openvla_teacher_forcing_reproduces_greedy_decoding(teachers):
+    """The forced forward distillation trains through sees what decoding saw: forcing the greedy
+    tokens gives logits whose argmax is those tokens, at every one of the 7 positions."""
+    from vla_compress.passes.distill.objectives import openvla_forced_logits
+
+    vla = teachers["openvla"]
+    inputs = vla._model_inputs(vla.preprocess(observations(vla, 2)))  # two prompt lengths: left padding
+    dim = vla.action_spec.dim
+    with torch.no_grad():
+        ids = vla.generate_action_tokens(inputs, dim)
+        logits = openvla_forced_logits(vla, inputs, ids)
+    assert logits.shape[:2] == (2, dim) and torch.equal(logits.argmax(-1), ids)
+
+
+def test_openvla_action_tokens_decode_to_their_bin():
+    from vla_compress.passes.distill.objectives import openvla_action_token_ids
+
+    vla = build("openvla")
+    n = vla.cfg.n_action_bins
+    actions = torch.linspace(-1, 1, 101)[None]
+    ids = openvla_action_token_ids(vla, actions)
+    assert int(ids.min()) >= vla.cfg.action_vocab_end - n and int(ids.max()) < vla.cfg.action_vocab_end
+    assert float((vla.tokens_to_actions(ids) - actions).abs().max()) <= 2.0 / (n - 1) + 1e-6

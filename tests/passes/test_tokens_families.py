@@ -201,3 +201,22 @@ def test_bad_token_reduction_file_is_a_checkpoint_error(models, tmp_path):
         with pytest.raises(CheckpointError, match=msg) as info:
             type(vla).from_pretrained(path)
         assert TOKENS_FILE in str(info.value)
+
+
+def test_smolvla_ranking_counts_language_state_and_action_queries(models):
+    """At every VLM depth the visual tokens are scored by the real language + state rows of the
+    prefill and by the expert's action queries at every Euler step (self- or cross-attention)."""
+    from vla_compress.passes.tokens.fastv_smolvla import patch_tokens, rank_smolvla
+
+    vla = models["smolvla"]
+    ctx = context(vla, 2)
+    inputs = list(ctx.calibration)
+    real_prefix_rows = sum(int(x["lang_masks"].sum()) + 1 for x in inputs)
+    queries = len(inputs) * vla.cfg.chunk_size * vla.cfg.num_steps
+    kinds = set()
+    for layer, plan in enumerate(vla.action_head.plan):
+        score, rows = rank_smolvla(vla, layer, ctx.calibration, patch_tokens(vla))
+        assert rows == real_prefix_rows + (queries if plan.expert is not None else 0)
+        assert score.shape == (patch_tokens(vla),) and bool((score > 0).all())
+        kinds.add(plan.kind)
+    assert kinds == {"self", "cross"}

@@ -16,7 +16,8 @@ class VisualTokenPruneConfig(PassConfig):
     proprio and action queries) to each visual token is averaged over heads, query positions and
     calibration observations; the `budget` best tokens (or `keep_ratio` of them) are kept, in their
     original order, for every observation: static shapes, stored in the model's `visual_keep`
-    buffer and `visual_token_budget` config, so it survives save/load and export.
+    buffer (and, reference family, the `visual_token_budget` config; OpenVLA / OFT / SmolVLA:
+    token_reduction.json beside the weights), so it survives save/load and export.
     """
 
     name = "visual-token-prune"
@@ -45,6 +46,8 @@ class TokenMergeConfig(PassConfig):
     backbone (only without a pixel-unshuffle merge, token_merge = 1, and without a visual keep set):
     the backbone sees num_patches - layers * r visual tokens. Give `r` or `ratio` (the fraction of
     patches merged away over the whole encoder, spread evenly over the layers).
+    OpenVLA / OFT (each of the fused DINOv2 and SigLIP ViTs, CLS/register tokens never merged) and
+    SmolVLA take "unmerge" only (tome_families.py says why) and merge after every layer but the last.
     """
 
     name = "token-merge"

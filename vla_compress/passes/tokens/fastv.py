@@ -8,6 +8,16 @@ calibration set into ONE keep set, applied from the backbone's input (the model'
 index_select after the projector). Static shapes: exports and KV caches keep fixed sizes, and the
 keep set is part of the checkpoint.
 
+Per family (the keep set indexes the visual tokens of every camera / image, in order):
+  reference     BOS [visual] prompt [proprio] [action]: rows after the visual block at layer K, every
+                decode step; keep set in the state dict, budget in config.json.
+  openvla(-oft) the same layout on the HF Llama backbone (OpenVLA: the prompt and each of the 7 decoded
+                tokens; OFT: proprio, prompt, the K*A placeholders and the stop token, bidirectional);
+                `visual_keep` applied in `visual_tokens`, saved to token_reduction.json (state.py).
+  smolvla       [images][language][state] prefix, attention from the real language and state rows
+                and from the action expert's queries (fastv_smolvla.py); image special tokens always
+                kept; `visual_keep` applied in `embed_prefix`, saved to token_reduction.json.
+
 Not done (future work): the dynamic per-observation variant (rank per input at layer K, keep the
 first K layers at full length) -- it needs a backbone that changes sequence length mid-stack, which
 the HF Llama forward and the static-shape exports do not support.
