@@ -270,3 +270,14 @@ def test_corrupted_artifacts_give_clear_errors(fp32, tmp_path):
     (bad / "tokenizer.json").unlink()
     with pytest.raises(CheckpointError, match=r"tokenizer\.json: file not found"):
         OnnxRuntimePolicy(bad)
+
+
+def test_artifacts_are_profiled_without_their_model(fp32):
+    """`vla-compress profile ARTIFACT` builds its observations from the artifact's processor."""
+    from vla_compress.profile.measure import measure_policy
+    from vla_compress.runtime.onnxruntime_policy import OnnxRuntimePolicy
+
+    for fam, chunk, parts in (("openvla", 1, {"prefill", "decode"}), ("openvla-oft", 8, {"policy_step"})):
+        m = measure_policy(OnnxRuntimePolicy(fp32[fam].path), steps=2, warmup=1)
+        assert m.chunk_size == chunk and len(m.latencies_ms) == 2 and m.p50_ms > 0
+        assert parts <= set(m.breakdown_ms)

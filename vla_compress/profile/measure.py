@@ -82,8 +82,11 @@ def example_observations(policy, n: int = 4, seed: int = 0) -> list[dict]:
     from .counting import dummy_observation
 
     vla = getattr(policy, "vla", None)
+    processor = getattr(policy, "processor", None)
     if vla is not None:
         template = dummy_observation(vla)
+    elif callable(getattr(processor, "observation_template", None)):  # an artifact processor that knows its inputs
+        template = processor.observation_template()
     elif getattr(getattr(policy, "processor", None), "cfg", None) is not None:
         cfg = policy.processor.cfg
         s = cfg.vision.image_size

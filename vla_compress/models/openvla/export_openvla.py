@@ -75,6 +75,16 @@ class OpenVLAArtifactProcessor(ArtifactProcessor):
     def unnormalize(self, chunk: np.ndarray) -> np.ndarray:
         return self.stats.unnormalize_actions(chunk)
 
+    def observation_template(self) -> dict:
+        """An all-zero observation of the right shape (for profiling an artifact without its model)."""
+        p = self.processor
+        cams = p.cameras or ("primary", "wrist", "wrist_right")[: p.num_images]
+        h, w = p.images.sizes[0]
+        obs = {"images": {c: np.zeros((h, w, 3), np.uint8) for c in cams}, "instruction": ""}
+        if self.uses_state:
+            obs["state"] = np.zeros(self.stats.proprio_dim(), np.float32)
+        return obs
+
 
 def _save_processor(vla: Any, root: Path) -> list[str]:
     """The processor pieces, written from the in-memory model (its statistics and settings)."""
