@@ -220,3 +220,24 @@ def test_smolvla_ranking_counts_language_state_and_action_queries(models):
         assert score.shape == (patch_tokens(vla),) and bool((score > 0).all())
         kinds.add(plan.kind)
     assert kinds == {"self", "cross"}
+
+
+def test_smolvla_fixed_prefix_length_shrinks_with_the_keep_set():
+    """LeRobot's prefix_length pads the prefix to a fixed size: a pruned model pads to that size
+    minus the dropped tokens, so the backbone really sees fewer positions."""
+    vla = build("smolvla", prefix_length=30)
+    obs = observations(vla, 1)
+    assert backbone_lengths(vla, obs)[0] == 30
+    apply_passes(vla, [VisualTokenPruneConfig(budget=3, layer=1)], context(vla))
+    assert backbone_lengths(vla, obs)[0] == 30 - (8 - 3)
+    assert torch.isfinite(predict(vla, obs)).all()
+
+
+def test_single_vit_openvla_prunes_and_merges(tmp_path):
+    vla = build("openvla", vision_backbone_id="siglip-vit-so400m")
+    assert vla.vision_backbone.fused_featurizer is None
+    obs = observations(vla, 1)
+    apply_passes(vla, [VisualTokenPruneConfig(budget=4, layer=1), TokenMergeConfig(r=2)], context(vla))
+    assert vla.token_counts().visual == 4 and list(vla.compression_log[-1]["details"]["r_per_layer"]) == ["featurizer"]
+    loaded = type(vla).from_pretrained(vla.save_pretrained(tmp_path / "p"))
+    assert torch.equal(predict(loaded, obs), predict(vla, obs))
