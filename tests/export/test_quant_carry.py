@@ -153,3 +153,92 @@ def test_int4_nibble_layout_is_matmulnbits_layout():
     y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     with torch.no_grad():
         np.testing.assert_allclose(y, m(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+# --- GGUF ---------------------------------------------------------------------------------------
+def gguf_export(vla, observations, tmp_path, name: str, **config):
+    from vla_compress.export.gguf import GgufExportConfig
+
+    return export(vla, GgufExportConfig(**config), tmp_path / name, example=observations[:2])
+
+
+def gguf_tensors(artifact) -> dict:
+    from gguf import GGUFReader
+
+    return {t.name: t for t in GGUFReader(str(artifact.file("backbone.gguf"))).tensors}
+
+
+@pytest.fixture
+def gguf_model():
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (./install.sh builds it)")
+    from tests.export.test_gguf import _model
+
+    return _model  # 256-wide backbone: every row a multiple of 256, as llama.cpp's K-quants need
+
+
+@pytest.mark.gguf
+def test_gguf_int4_groups_become_q4_0_with_torch_values(gguf_model, observations, tmp_path):
+    from gguf import GGMLQuantizationType, quants
+
+    from vla_compress.export.gguf.writer import permute_rope
+
+    vla = gguf_model("regression")
+    apply_passes(vla, [Int4WeightOnlyConfig(group_size=32)], context_for(vla, batch_size=2))
+    art = gguf_export(vla, observations, tmp_path, "carried", precision="q4_k_m")
+    tensors = gguf_tensors(art)
+    layer = vla.backbone.layers[1]
+    for tensor, m, heads in (("blk.1.ffn_up.weight", layer.mlp.up_proj, None),
+                             ("blk.1.attn_q.weight", layer.self_attn.q_proj, 4)):
+        t = tensors[tensor]
+        assert t.tensor_type == GGMLQuantizationType.Q4_0
+        w = m.dequantize().numpy()
+        expect = permute_rope(w, heads) if heads else w
+        assert np.array_equal(quants.dequantize(np.array(t.data), t.tensor_type).reshape(expect.shape), expect)
+    carry = art.manifest["quantization_carry"]
+    assert carry["layers"]["backbone.layers.1.mlp.up_proj"]["ggml_type"] == "Q4_0"
+    assert carry["layers"]["backbone.layers.1.mlp.up_proj"]["exact"]
+    assert carry["layers"]["action_head.fc1"]["graphs"] == ["action_head"]  # the ONNX side graph carries the rest
+    assert art.manifest["gguf"]["by_tensor"]["token_embd.weight"] != "Q4_0"  # float in torch: the precision decides
+    carried = validate(art, vla, observations)
+    from vla_compress.export.gguf import GgufExportConfig
+
+    with pytest.warns(QuantizationCarryWarning):
+        again = export(vla, GgufExportConfig(precision="q4_k_m", carry_quantization=False), tmp_path / "again",
+                       example=observations[:2])
+    assert gguf_tensors(again)["blk.1.ffn_up.weight"].tensor_type == GGMLQuantizationType.Q4_K
+    assert carried.action_l1_mean < validate(again, vla, observations).action_l1_mean
+
+
+@pytest.mark.gguf
+def test_gguf_int8_rows_become_q8_0_with_torch_int8_values(gguf_model, observations, tmp_path):
+    from gguf import GGMLQuantizationType
+
+    from vla_compress.passes.quantize import Int8WeightOnlyConfig
+
+    vla = gguf_model("tokens")
+    apply_passes(vla, [Int8WeightOnlyConfig(where="backbone")], context_for(vla, batch_size=2))
+    with pytest.warns(QuantizationCarryWarning, match="float16 scale"):
+        art = gguf_export(vla, observations, tmp_path, "carried", precision="f32")
+    t = gguf_tensors(art)["blk.0.ffn_down.weight"]
+    m = vla.backbone.layers[0].mlp.down_proj
+    assert t.tensor_type == GGMLQuantizationType.Q8_0
+    blocks = np.array(t.data).reshape(m.out_features, m.in_features // 32, 34)
+    assert np.array_equal(blocks[..., 2:].copy().view(np.int8).reshape(m.out_features, -1), m.qweight.numpy())
+    assert np.array_equal(blocks[..., :2].copy().view(np.float16)[..., 0],
+                          np.repeat(m.scale.numpy().astype(np.float16)[:, None], m.in_features // 32, axis=1))
+    carry = art.manifest["quantization_carry"]
+    assert not carry["layers"]["backbone.layers.0.mlp.down_proj"]["exact"]  # float16 block scales
+    assert "backbone.layers.0.mlp.down_proj" in carry["inexact"]
+    assert validate(art, vla, observations).token_match >= 0.5
+
+
+@pytest.mark.gguf
+def test_gguf_awq_cannot_carry_exactly_and_says_so(gguf_model, observations, tmp_path):
+    vla = gguf_model("regression")
+    apply_passes(vla, [Int4WeightOnlyConfig(group_size=32, awq=True, where="backbone")], context_for(vla, batch_size=2))
+    smoothed = [n for n, m in quantized_modules(vla).items() if m.smooth is not None]
+    with pytest.warns(QuantizationCarryWarning, match="AWQ"):
+        art = gguf_export(vla, observations, tmp_path, "carried", precision="f16")
+    carry = art.manifest["quantization_carry"]
+    assert smoothed and all("AWQ" in carry["inexact"][n] for n in smoothed)
+    assert all(carry["layers"][n]["ggml_type"] == "Q4_1" for n in smoothed)

@@ -60,6 +60,9 @@ class GgufExportConfig(ExportConfig):
     flash_attn: str = "auto"
     opset: int = 18  # the ONNX side graphs (vision/embeddings, regression head)
     quantize_threads: int = 1  # threads llama.cpp's quantizer may use
+    # a torch-quantized backbone keeps its integers and scales (quantize.carry_plan); the precision
+    # types only the float tensors. False: write the dequantized weights and let llama.cpp re-quantize
+    carry_quantization: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

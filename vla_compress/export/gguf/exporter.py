@@ -25,15 +25,20 @@ from ...errors import ConfigError
 from ..artifact import Artifact, hash_files, new_manifest, staged_dir
 from ..base import ExportError, Exporter
 from ..family import get_export_family
-from ..onnx.exporter import _check, _record_failure, _shapes_by_arg, io_signature, source_info
+from ...passes.quantize.serialize import quantized_modules
+from ..onnx.exporter import _check, _record_failure, _shapes_by_arg, io_signature, source_info, warn_not_carried
 from ..parity import ParityReport
 from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
-from .config import GgufExportConfig
+from ..onnx.carry import carried_tolerance
+from .config import DEFAULT_TOLERANCES, FTYPES, GgufExportConfig
 from .graphs import get_gguf_family
-from .quantize import quantize_gguf, tensor_types
+from .quantize import carry_plan, quantize_gguf, quantized_tensors, tensor_types
 from .writer import llama_hparams, write_llama_gguf
 
 GGUF_FILE = "backbone.gguf"
+# the GGUF precision whose parity bounds fit a carried torch scheme (config.py explains them)
+GGUF_SCHEME_PRECISION = {"int8_weight_only": "q8_0", "int8_dynamic": "q8_0", "int8_static": "q8_0",
+                         "int4_weight_only": "q4_0"}
 K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")
 
 
@@ -64,13 +69,21 @@ class GgufExporter(Exporter):
         try:
             with staged_dir(out_dir) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as tmp:
                 examples = example or family.example_observations(vla, 2)
+                side: dict[str, dict] = {}
                 for spec in parts.side_graphs(vla, vla.preprocess(list(examples) * (2 if len(examples) < 2 else 1))):
                     file = stage / f"{spec.name}.onnx"
-                    _trace(spec, file, config.opset)
-                    manifest["graphs"][spec.name] = {"file": file.name, "weight_bytes_fp32": spec.weight_bytes}
+                    rep = _trace(spec, file, config.opset, vla, config.carry_quantization)
+                    if rep is not None:
+                        side[spec.name] = rep
+                    manifest["graphs"][spec.name] = {"file": file.name, "weight_bytes_fp32": spec.weight_bytes,
+                                                     "carried_nodes": rep["nodes"] if rep else []}
                     manifest["io"][spec.name] = io_signature(file)
-                manifest["gguf"] = self._write_gguf(backbone, lm_head, vocab, config, stage / GGUF_FILE, Path(tmp),
+                manifest["gguf"] = self._write_gguf(vla, backbone, lm_head, vocab, config, stage / GGUF_FILE, Path(tmp),
                                                     name=f"{vla.family}-{getattr(vla.cfg, 'preset', 'custom')}")
+                carry = gguf_carry_summary(side, manifest["gguf"])
+                if carry is not None:
+                    manifest["quantization_carry"] = carry | {"enabled": config.carry_quantization}
+                    warn_not_carried(out_dir, carry)
                 hp = manifest["gguf"]["hparams"]
                 manifest["llama_cpp"] = {
                     "n_ctx": hp["context"], "kv_cache": config.kv_cache_type, "flash_attn": config.flash_attn_mode,
@@ -90,24 +103,40 @@ class GgufExporter(Exporter):
             raise ExportError(out_dir, f"GGUF export ({config.precision}) failed: {type(e).__name__}: {e}") from e
         return Artifact.load(out_dir)
 
-    def _write_gguf(self, backbone: Any, lm_head: Any, vocab: Any, config: GgufExportConfig, dst: Path, tmp: Path,
-                    name: str) -> dict:
-        """The backbone GGUF at `dst`: written directly (f32/f16) or quantized by llama.cpp from f32."""
+    def _write_gguf(self, vla: Any, backbone: Any, lm_head: Any, vocab: Any, config: GgufExportConfig, dst: Path,
+                    tmp: Path, name: str) -> dict:
+        """The backbone GGUF at `dst`: written directly (f32/f16) or quantized by llama.cpp from f32.
+        Linears quantized in torch keep their scheme (quantize.carry_plan) whatever the precision."""
+        import gguf
+
+        hp = llama_hparams(backbone)
+        plan, skipped = {}, {}
+        if config.carry_quantization and quantized_modules(vla):
+            names = {id(m): n for n, m in quantized_modules(vla).items()}
+            plan, skipped = carry_plan(backbone, _output_module(vla, lm_head), names, hp.n_heads, hp.n_kv_heads)
+        raw = {n: (t.data, getattr(gguf.GGMLQuantizationType, t.ggml_type)) for n, t in plan.items()}
         direct = config.precision in ("f32", "f16")
         src = dst if direct else tmp / "backbone-f32.gguf"
         t0 = time.perf_counter()
-        info = write_llama_gguf(src, backbone, lm_head, vocab, config.precision if direct else "f32", name=name)
+        info = write_llama_gguf(src, backbone, lm_head, vocab, config.precision if direct else "f32", name=name,
+                                raw=raw if direct else None)
         t1 = time.perf_counter()
         if not direct:
-            quantize_gguf(src, dst, config.precision, config.quantize_threads)
+            quantized = tmp / "backbone-quantized.gguf" if raw else dst
+            quantize_gguf(src, quantized, config.precision, config.quantize_threads)
+            if raw:  # llama.cpp's choice for the float tensors, torch's scheme for the quantized ones
+                ftype = getattr(gguf.LlamaFileType, FTYPES[config.precision].removeprefix("LLAMA_FTYPE_"))
+                write_llama_gguf(dst, backbone, lm_head, vocab, "f32", name=name,
+                                 raw={**quantized_tensors(quantized), **raw}, ftype=ftype)
         types = tensor_types(dst)
         fallback = {}
         if config.precision == "q4_k_m":  # 2-D tensors llama.cpp could not K-quantize (rows not multiples of 256)
             fallback = {n: t for n, t in types["by_tensor"].items()
-                        if t not in K_TYPES and t not in ("F32",) and not n.endswith("norm.weight")}
+                        if t not in K_TYPES and t not in ("F32",) and not n.endswith("norm.weight") and n not in plan}
         return {"file": GGUF_FILE, **info, "tensor_types": types["counts"], "by_tensor": types["by_tensor"],
                 "k_quant_fallback": fallback, "write_s": round(t1 - t0, 3),
-                "quantize_s": None if direct else round(time.perf_counter() - t1, 3)}
+                "quantize_s": None if direct else round(time.perf_counter() - t1, 3),
+                "carried": {n: t.describe() for n, t in plan.items()}, "not_carried": skipped}
 
     # --- validation ----------------------------------------------------------------------------
     def validate(self, artifact: Artifact, vla: Any, observations: list[dict], threads: int = 1) -> ParityReport:
@@ -133,21 +162,66 @@ class GgufExporter(Exporter):
                 runner.close()
 
         got = run_or_fail(artifact, "llama.cpp", run)
-        return record(artifact, ref, got, config.tolerance_for,
+        carried = artifact.manifest.get("quantization_carry")
+        tolerance_for = config.tolerance_for if config.tolerance is not None or not carried else (
+            lambda head: carried_tolerance(config.precision, carried, DEFAULT_TOLERANCES, GGUF_SCHEME_PRECISION))
+        return record(artifact, ref, got, tolerance_for,
                       {"torch": torch_s, "llama.cpp+onnxruntime": time.perf_counter() - t1})
 
 
-def _trace(spec: Any, file: Path, opset: int) -> None:
-    """One fp32 side graph traced with torch.onnx's dynamo exporter, as the ONNX exporter traces."""
+def _trace(spec: Any, file: Path, opset: int, vla: Any, carry: bool) -> dict | None:
+    """One side graph traced with torch.onnx's dynamo exporter, as the ONNX exporter traces; its
+    torch-quantized Linears carried as in the ONNX export (onnx/carry.py). Returns the carry
+    report, or None when the graph holds no quantized module."""
+    import onnx
     import torch
 
-    with warnings.catch_warnings(), torch.no_grad():
+    from ..onnx.carry import carry_quantization, float_stand_ins
+
+    with warnings.catch_warnings(), torch.no_grad(), float_stand_ins(spec.module, vla) as quantized:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(spec.module, spec.args, None, dynamo=True, opset_version=opset,
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     dynamic_shapes=_shapes_by_arg(spec), verbose=False, optimize=True)
     program.save(str(file))
+    report = None
+    if quantized and carry:
+        model = onnx.load(str(file))
+        report = carry_quantization(model, quantized)
+        onnx.save_model(model, str(file))
+    elif quantized:
+        report = {"layers": {}, "nodes": [], "not_carried": {
+            n: "carry_quantization is off: traced as its dequantized float weight" for n in quantized}}
     _check(file)
+    return report
+
+
+def _output_module(vla: Any, lm_head: Any) -> Any:
+    """The torch-quantized module whose (dequantized) weight is the LM head the family handed over."""
+    if lm_head is None:
+        return None
+    for m in quantized_modules(vla).values():
+        if (m.out_features, m.in_features) == tuple(lm_head.shape) and bool((m.dequantize() == lm_head).all()):
+            return m
+    return None
+
+
+def gguf_carry_summary(side: dict[str, dict], gguf_info: dict) -> dict | None:
+    """The manifest's `quantization_carry` of a GGUF artifact: layers carried into the ONNX side
+    graphs and into GGUF tensors, and those not carried (or not exactly)."""
+    from ..onnx.carry import carried_summary
+
+    if not side and not gguf_info.get("carried") and not gguf_info.get("not_carried"):
+        return None
+    out = carried_summary(side) if side else {"layers": {}, "not_carried": {}, "inexact": {}}
+    for tensor, t in gguf_info.get("carried", {}).items():
+        out["layers"][t["module"]] = {"scheme": t["scheme"], "gguf_tensor": tensor, "ggml_type": t["ggml_type"],
+                                      "exact": t["exact"], "note": t["note"]}
+        if not t["exact"]:
+            out["inexact"][t["module"]] = t["note"]
+    out["not_carried"] = {n: w for n, w in {**out["not_carried"], **gguf_info.get("not_carried", {})}.items()
+                          if n not in out["layers"] and n.partition("[")[0] not in out["layers"]}
+    return out
 
 
 def _llama_versions() -> dict[str, str]:

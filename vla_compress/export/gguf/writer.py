@@ -173,11 +173,15 @@ def pad_vocab(vocab: GgufVocab, size: int) -> GgufVocab:
 
 
 def write_llama_gguf(path: str | Path, backbone: Any, output_weight: Any | None, vocab: GgufVocab,
-                     file_type: str = "f32", name: str = "vla-backbone") -> dict:
+                     file_type: str = "f32", name: str = "vla-backbone",
+                     raw: dict[str, tuple[np.ndarray, Any]] | None = None, ftype: int | None = None) -> dict:
     """Write `backbone` (+ `output_weight`, the LM head, or None) to `path`; returns a summary.
 
     f32: every tensor float32. f16: 2-D weights float16, norms (1-D) float32, as llama.cpp's
-    converter writes them (the quantizer keeps 1-D tensors in float32 as well)."""
+    converter writes them (the quantizer keeps 1-D tensors in float32 as well).
+    raw: tensors written as given ggml blocks instead, {name: (uint8 (rows, bytes per row),
+    GGMLQuantizationType)} (torch-quantized weights, or llama.cpp's quantizer output); ftype: the
+    general.file_type to record (default: that of `file_type`)."""
     import gguf
 
     if file_type not in FILE_TYPES:
@@ -198,11 +202,19 @@ def write_llama_gguf(path: str | Path, backbone: Any, output_weight: Any | None,
                        (w.add_rope_dimension_count, hp.head_dim), (w.add_layer_norm_rms_eps, hp.rms_eps),
                        (w.add_rope_freq_base, hp.rope_theta), (w.add_vocab_size, hp.vocab_size)):
         add(value)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32 if file_type == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_file_type(ftype if ftype is not None else
+                    gguf.LlamaFileType.ALL_F32 if file_type == "f32" else gguf.LlamaFileType.MOSTLY_F16)
+    raw = raw or {}
+    if raw:
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_vocab(w, vocab)
     n_params = 0
     for tname, a in gguf_tensors(backbone, output_weight, hp):
         n_params += a.size
+        if tname in raw:
+            data, qtype = raw[tname]
+            w.add_tensor(tname, data, raw_dtype=qtype)
+            continue
         w.add_tensor(tname, a.astype(np.float16) if file_type == "f16" and a.ndim == 2 else a.astype(np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -282,12 +282,14 @@ ORT_NOTE = ("ONNX Runtime's CPU provider fuses DequantizeLinear(int8 weight)+Mat
             "'0' keeps float activations as torch computes them")
 
 
-def carried_tolerance(precision: str, summary: dict | None, defaults: dict) -> Any:
+def carried_tolerance(precision: str, summary: dict | None, defaults: dict,
+                      scheme_precision: dict[str, str] = SCHEME_PRECISION) -> Any:
     """The parity bounds of an export whose graph carries torch-quantized layers: the loosest of
-    the precision's own and those of every carried scheme (each gate taken at its loosest)."""
+    the precision's own and those of every carried scheme (each gate taken at its loosest);
+    `scheme_precision` names the format's precision of each scheme."""
     from ..base import Tolerance
 
-    names = [precision] + sorted({SCHEME_PRECISION[e["scheme"]] for e in (summary or {}).get("layers", {}).values()})
+    names = [precision] + sorted({scheme_precision[e["scheme"]] for e in (summary or {}).get("layers", {}).values()})
     tols = [defaults[n] for n in names]
 
     def loosest(key: str, larger_is_looser: bool) -> float | None:
