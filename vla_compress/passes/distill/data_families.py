@@ -122,7 +122,10 @@ def load_family_data(vla: Any, dataset: Any, config: DistillConfig) -> FamilyDat
     images: dict[str, list] = {c: [] for c in cams}
     states, actions, instr, ends, is_val = [], [], [], [], []
     n = 0
-    for ep_index, ep in zip(chosen, ds.iter_episodes(chosen)):
+    loaded = list(ds.iter_episodes(chosen))  # in index order (files are written in episode order)
+    if len(loaded) != len(chosen):
+        raise DatasetError(ds.root, f"loaded {len(loaded)} episodes, expected {len(chosen)}")
+    for ep_index, ep in zip(chosen, loaded):
         t = len(ep)
         for c in cams:
             images[c].append(ep.images[c])
