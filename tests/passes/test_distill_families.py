@@ -218,3 +218,21 @@ def test_openvla_action_tokens_decode_to_their_bin():
     ids = openvla_action_token_ids(vla, actions)
     assert int(ids.min()) >= vla.cfg.action_vocab_end - n and int(ids.max()) < vla.cfg.action_vocab_end
     assert float((vla.tokens_to_actions(ids) - actions).abs().max()) <= 2.0 / (n - 1) + 1e-6
+
+
+@pytest.mark.parametrize("head", ["regression", "tokens"])
+def test_reference_family_label_loss_and_early_stop(fresh, lerobot_train_dir, head):
+    """The shared loop: the reference family's label loss (L1 / cross-entropy on the demonstration's
+    bins) trains, and early stopping works there too."""
+    teacher = fresh(head)
+    vla = copy.deepcopy(teacher)
+    fast = dict(batch_size=8, warmup=2, val_episodes_per_task=1, eval_frames=12, lr=1e-3, shift_px=0)
+    ctx = PassContext.from_lerobot(vla, lerobot_train_dir, num_samples=4, seed=0, teacher=teacher)
+    apply_passes(vla, [DistillConfig(steps=10, action_weight=0.0, label_weight=1.0, **fast)], ctx)
+    notes = vla.compression_log[-1]["details"]
+    assert set(notes["last_step_parts"]) == {"label"}
+    assert notes["loss_end"] < notes["loss_start"]  # random demonstrations: fitted, not generalised
+    apply_passes(vla, [DistillConfig(steps=30, eval_every=3, early_stop_patience=1, early_stop_min_delta=1e6,
+                                     label_weight=1.0, **fast)], ctx)
+    notes = vla.compression_log[-1]["details"]
+    assert notes["stopped"] == "early_stop" and notes["steps_run"] == 3 and notes["best_step"] == 0
