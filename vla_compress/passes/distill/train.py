@@ -6,6 +6,11 @@ outputs are dense targets (a whole distribution per action token) and are define
 observation, augmented or not. The tokens head is trained under teacher forcing on the teacher's
 own greedy tokens (sequence-level distillation, Kim & Rush 2016), the sequence the teacher would
 produce at run time.
+
+This module is family-independent: the frames come from data.py (reference: the BC trainer's
+tensors) or data_families.py (OpenVLA / OFT / SmolVLA: observations through the family's
+processor), the loss from objectives.py; the loop, held-out evaluation and early stopping are
+shared.
 """
 
 from __future__ import annotations
