@@ -236,3 +236,16 @@ def test_reference_family_label_loss_and_early_stop(fresh, lerobot_train_dir, he
                                      label_weight=1.0, **fast)], ctx)
     notes = vla.compression_log[-1]["details"]
     assert notes["stopped"] == "early_stop" and notes["steps_run"] == 3 and notes["best_step"] == 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_distillation_after_layer_drop(teachers, datasets, family):
+    from vla_compress.passes.prune import LayerDropConfig
+
+    teacher = teachers[family]
+    vla = copy.deepcopy(teacher)
+    drop = 2 if family == "smolvla" else 1  # SmolVLA drops aligned self + cross blocks
+    apply_passes(vla, [LayerDropConfig(num_layers=drop)], context(vla))
+    apply_passes(vla, [DistillConfig(steps=15, lr=LR[family], **FAST)], distill_context(vla, teacher, datasets[family]))
+    notes = vla.compression_log[-1]["details"]
+    assert notes["heldout"]["after"]["action_l1_to_teacher"] < notes["heldout"]["before"]["action_l1_to_teacher"]

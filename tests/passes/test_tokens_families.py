@@ -241,3 +241,14 @@ def test_single_vit_openvla_prunes_and_merges(tmp_path):
     assert vla.token_counts().visual == 4 and list(vla.compression_log[-1]["details"]["r_per_layer"]) == ["featurizer"]
     loaded = type(vla).from_pretrained(vla.save_pretrained(tmp_path / "p"))
     assert torch.equal(predict(loaded, obs), predict(vla, obs))
+
+
+def test_pruned_smolvla_needs_every_camera(models):
+    from vla_compress.errors import ObservationError
+
+    vla = copy.deepcopy(models["smolvla"])
+    apply_passes(vla, [VisualTokenPruneConfig(budget=3, layer=0)], context(vla))
+    obs = observations(vla, 1)
+    obs[0]["images"].pop("top")
+    with pytest.raises(ObservationError, match="spans all 2 cameras; the inputs hold 1"):
+        predict(vla, obs)

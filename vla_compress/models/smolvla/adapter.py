@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import CheckpointError, ConfigError
+from ...errors import CheckpointError, ConfigError, ObservationError
 from ...fileio import read_json, save_safetensors, write_json
 from ...passes.tokens.state import restore_token_state, save_token_state
 from ..base import ActionSpec, TokenCounts, VLAAdapter
@@ -106,6 +106,11 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
     def predict_chunk(self, inputs: dict) -> torch.Tensor:
         """(B, chunk_size, action_dim) normalised actions from `num_steps` Euler steps."""
         inputs = self._model_inputs(inputs)
+        cams = len(self.cfg.image_features)
+        if self.visual_keep.numel() and inputs["pixel_values"].shape[1] != cams:
+            raise ObservationError(f"this token-pruned SmolVLA's visual keep set spans all {cams} cameras; the "
+                                   f"inputs hold {inputs['pixel_values'].shape[1]} (give every camera, or set "
+                                   f"empty_cameras)")
         noise = inputs.pop("noise", None)
         if noise is None:
             b = inputs["state"].shape[0]
