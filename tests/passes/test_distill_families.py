@@ -37,7 +37,8 @@ def write_dataset(root, vla, episodes_per_task: int = 3, frames: int = 6, seed: 
     rng = np.random.default_rng(seed)
     for task in ("reach to the target location", "open the door"):
         for _ in range(episodes_per_task):
-            w.add(Episode(task=task, images={c: rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8) for c in cams},
+            images = {c: rng.integers(0, 256, (frames, 32, 32, 3), dtype=np.uint8) for c in cams}
+            w.add(Episode(task=task, images=images,
                           state=rng.uniform(-1, 1, (frames, state_dim)).astype(np.float32),
                           action=rng.uniform(-1, 1, (frames, vla.action_spec.dim)).astype(np.float32)))
     return w.close()
@@ -172,7 +173,8 @@ def test_early_stop_config_round_trips_and_is_validated():
     assert config_from_dict(json.loads(json.dumps(d))) == cfg
     for bad, words in (({"early_stop_patience": 2}, "set eval_every > 0"),
                        ({"eval_every": 5, "val_episodes_per_task": 0}, "need held-out frames"),
-                       ({"early_stop_min_delta": -1.0}, "early_stop_min_delta"), ({"label_weight": -1.0}, "label_weight"),
+                       ({"early_stop_min_delta": -1.0}, "early_stop_min_delta"),
+                       ({"label_weight": -1.0}, "label_weight"),
                        ({"action_weight": 0.0}, "nothing to learn"), ({"eval_every": 1.5}, "integer")):
         with pytest.raises(PassError, match=words):
             config_from_dict({"pass": "distill", **bad})
