@@ -242,3 +242,43 @@ def test_gguf_awq_cannot_carry_exactly_and_says_so(gguf_model, observations, tmp
     carry = art.manifest["quantization_carry"]
     assert smoothed and all("AWQ" in carry["inexact"][n] for n in smoothed)
     assert all(carry["layers"][n]["ggml_type"] == "Q4_1" for n in smoothed)
+
+
+# --- TensorRT ------------------------------------------------------------------------------------
+def trt_export(vla, observations, tmp_path, name: str, **config):
+    from vla_compress.export.tensorrt import TensorRTExportConfig
+
+    return export(vla, TensorRTExportConfig(**config), tmp_path / name, example=observations[:2],
+                  calibration=observations)
+
+
+def test_tensorrt_int8_takes_its_qdq_from_the_torch_scales(tiny_models, observations, tmp_path):
+    vla = quantized(tiny_models, "regression", Int8StaticActivationInt8WeightConfig())
+    mods = quantized_modules(vla)
+    art = trt_export(vla, observations, tmp_path, "carried", precision="int8")
+    assert art.manifest["readiness"]["policy_step"]["ok"]
+    carry = art.manifest["quantization_carry"]
+    assert set(carry["layers"]) == set(mods) and all("symmetric INT8" in e["tensorrt"] for e in carry["layers"].values())
+    inits = initializers(art, "policy_step")
+    name = "backbone.layers.1.mlp.down_proj"
+    (prefix,) = {k.rsplit(".", 1)[0] for k in inits if k.startswith("carry.") and k.endswith(f"{name}.weight_int8")}
+    assert np.array_equal(inits[f"{prefix}.weight_int8"], mods[name].qweight.numpy().T)
+    assert inits[f"{prefix}.input_scale"] == np.float32(float(mods[name].input_scale))
+    carried = validate(art, vla, observations)  # the graph TensorRT builds, run in ONNX Runtime
+    with pytest.warns(QuantizationCarryWarning):
+        again = trt_export(vla, observations, tmp_path, "again", precision="int8", carry_quantization=False)
+    assert carried.passed and carried.action_l1_mean < validate(again, vla, observations).action_l1_mean
+
+
+def test_tensorrt_int4_and_float_engines_say_what_was_not_carried(tiny_models, observations, tmp_path):
+    vla = quantized(tiny_models, "regression", Int4WeightOnlyConfig(group_size=32))
+    with pytest.warns(QuantizationCarryWarning, match="INT4 block-wise DequantizeLinear"):
+        art = trt_export(vla, observations, tmp_path, "int8", precision="int8")
+    assert "MatMulNBits" not in art.manifest["graphs"]["policy_step"]["ops"]  # TensorRT cannot parse it
+    assert art.manifest["readiness"]["policy_step"]["ok"]
+    assert set(art.manifest["quantization_carry"]["not_carried"]) == set(quantized_modules(vla))
+    assert validate(art, vla, observations).passed
+    with pytest.warns(QuantizationCarryWarning, match="TensorRT fp16 engine computes in float"):
+        fp16 = trt_export(vla, observations, tmp_path, "fp16", precision="fp16")
+    assert not fp16.manifest["quantization_carry"]["layers"]
+    assert validate(fp16, vla, observations).max_abs < 1e-4  # the dequantized weights, exactly

@@ -64,6 +64,9 @@ class TensorRTExportConfig(ExportConfig):
     timing_cache: str | None = None  # a timing cache file to reuse/extend (default: the artifact's own)
     per_channel: bool = True  # int8: one weight scale per output channel
     calibration_limit: int = 64  # int8/fp8: observations used at most
+    # int8: a torch-quantized model keeps its integers and scales (export/onnx/carry.py, int4 as INT4
+    # block DequantizeLinear); fp32/fp16/fp8 engines compute those layers from the dequantized weights
+    carry_quantization: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()

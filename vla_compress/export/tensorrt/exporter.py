@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,6 +30,7 @@ from ..artifact import Artifact, hash_files, new_manifest, staged_dir
 from ..base import ExportError, Exporter
 from ..family import get_export_family, weights_fingerprint
 from ..parity import ParityReport, compare
+from ..onnx.exporter import QuantizationCarryWarning, warn_not_carried
 from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from .config import TensorRTExportConfig
 from .profiles import axis_ranges, graph_profile
@@ -82,10 +84,13 @@ class TensorRTExporter(Exporter):
         reports: dict[str, ReadinessReport] = {}
         try:
             with staged_dir(out_dir) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as tmp:
-                onnx_art = self._onnx_graphs(vla, base, Path(tmp), example or calibration, source, meta)
+                carry = config.carry_quantization and config.precision == "int8"
+                onnx_art = self._onnx_graphs(vla, base, Path(tmp), example or calibration, source, meta, carry)
                 manifest["onnx_base"] = {"path": str(onnx_art.path.resolve()) if base is not None else None,
                                          "precision": onnx_art.precision, "opset": onnx_art.manifest.get("opset")}
                 reports = self._prepare(vla, family, config, onnx_art, stage, Path(tmp), calibration, threads, manifest)
+                if manifest.get("quantization_carry"):
+                    warn_not_carried(out_dir, manifest["quantization_carry"])
                 ranges = axis_ranges(config, onnx_art.manifest)
                 profiles = {n: graph_profile(manifest["io"][n]["inputs"], ranges) for n in manifest["graphs"]}
                 qdq = {t for r in reports.values() for t, n in r.qdq.items() if n}
@@ -116,13 +121,17 @@ class TensorRTExporter(Exporter):
 
     # --- stages ------------------------------------------------------------------------------
     def _onnx_graphs(self, vla: Any, base: Artifact | str | Path | None, tmp: Path, example: list[dict] | None,
-                     source: str | Path | None, meta: dict) -> Artifact:
-        """The ONNX artifact the engines are built from: `base` (checked to be this model's) or fp32 traced now."""
+                     source: str | Path | None, meta: dict, carry: bool = True) -> Artifact:
+        """The ONNX artifact the engines are built from: `base` (checked to be this model's) or fp32
+        traced now (`carry`: torch-quantized layers keep their scheme, see export/onnx/carry.py)."""
         from ..onnx import OnnxExportConfig
         from ..onnx.exporter import OnnxExporter
 
         if base is None:
-            return OnnxExporter().export(vla, OnnxExportConfig(), tmp / "onnx-fp32", example=example, source=source)
+            with warnings.catch_warnings():  # what is not carried is reported by this exporter, for TensorRT
+                warnings.simplefilter("ignore", QuantizationCarryWarning)
+                return OnnxExporter().export(vla, OnnxExportConfig(carry_quantization=carry), tmp / "onnx-fp32",
+                                             example=example, source=source)
         base = base if isinstance(base, Artifact) else Artifact.load(base)
         if base.format != "onnx":
             raise ConfigError(f"{base.path}: base must be an ONNX artifact, is {base.format!r}")
@@ -140,6 +149,11 @@ class TensorRTExporter(Exporter):
 
         from_fp32 = onnx_art.precision == "fp32"
         precision = config.precision if from_fp32 else "fp32"  # a quantized base keeps its own Q/DQ
+        carried = {n: list(g.get("carried_nodes", [])) for n, g in onnx_art.manifest["graphs"].items()}
+        if from_fp32 and any(carried.values()) and config.precision != "int8":
+            raise ConfigError(f"{onnx_art.path}: this ONNX base carries torch-quantized int8/int4 layers, which a "
+                              f"TensorRT {config.precision} engine cannot compute as they are: build int8, or give a "
+                              "base exported with carry_quantization: false")
         feeds: dict[str, list[dict]] = {}
         if from_fp32 and config.needs_qdq:
             if not calibration:
@@ -153,13 +167,20 @@ class TensorRTExporter(Exporter):
         reports = {}
         for name, g in onnx_art.manifest["graphs"].items():
             dst = stage / g["file"]
-            prepare_graph(precision, onnx_art.file(g["file"]), dst, feeds.get(name), per_channel=config.per_channel,
-                          external=bool(g.get("external_data")))
+            src = onnx_art.file(g["file"])
+            if carried.get(name) and from_fp32:  # int4 MatMulNBits -> float MatMul (quantize.INT4_NOTE)
+                src, back = _float_int4(src, tmp / f"int4-float-{g['file']}", bool(g.get("external_data")))
+                carried[name] = [n for n in carried[name] if n not in back]
+            prepare_graph(precision, src, dst, feeds.get(name), per_channel=config.per_channel,
+                          external=bool(g.get("external_data")), exclude=carried.get(name, []) if from_fp32 else [])
             reports[name] = check_graph(dst, config.precision)
             manifest["readiness"][name] = reports[name].to_dict()
             manifest["graphs"][name] = {"file": g["file"], "engine": f"{name}.engine",
                                         "external_data": bool(g.get("external_data")), "ops": op_summary(dst)}
             manifest["io"][name] = onnx_art.manifest["io"][name]
+        summary = tensorrt_carry_summary(onnx_art.manifest.get("quantization_carry"), config)
+        if summary is not None:
+            manifest["quantization_carry"] = summary
         return reports
 
     def _write_build_files(self, stage: Path, plan: dict, manifest: dict) -> None:
@@ -223,6 +244,53 @@ class TensorRTExporter(Exporter):
                           lambda: _run(TensorRTGraphs(artifact), processor, observations, ref, config.max_batch))
         m.pop("validation_note", None)
         return record(artifact, ref, got, config.tolerance_for, {"torch": torch_s, "tensorrt": time.perf_counter() - t2})
+
+
+def _float_int4(src: Path, dst: Path, external: bool) -> tuple[Path, list[str]]:
+    """(`src`, []) or (`dst`, names): `src` with its carried int4 MatMulNBits as float MatMuls saved at `dst`."""
+    import contextlib
+
+    import onnx
+
+    from ..onnx.quantize import save_model
+    from .quantize import nbits_to_float
+
+    model = onnx.load(str(src))
+    names = nbits_to_float(model)
+    if not names:
+        return src, []
+    with contextlib.chdir(dst.parent):
+        save_model(model, dst, external)
+    return dst, names
+
+
+def tensorrt_carry_summary(onnx_summary: dict | None, config: TensorRTExportConfig) -> dict | None:
+    """The ONNX graphs' carry summary restated for the TensorRT engine: int4 layers are not carried
+    (quantize.INT4_NOTE); for a float/FP8 engine no torch-quantized layer is."""
+    from .quantize import INT4_NOTE
+
+    if not onnx_summary:
+        return None
+    out = {k: v for k, v in onnx_summary.items() if k != "runtime_note"}
+    out["layers"] = {n: dict(e) for n, e in onnx_summary["layers"].items()}
+    out["not_carried"] = dict(onnx_summary["not_carried"])
+    for n, e in list(out["layers"].items()):
+        if e["scheme"] == "int4_weight_only":
+            out["not_carried"][n] = INT4_NOTE
+            del out["layers"][n]
+        elif e["scheme"] == "int8_static":
+            e["tensorrt"] = "symmetric INT8 Q/DQ on the input (calibrated scale) and the weight (per channel)"
+        elif e["scheme"] == "int8_weight_only":
+            e["tensorrt"] = "INT8 weight-only (DequantizeLinear on the weight), float16 activations"
+        else:
+            e["tensorrt"] = "INT8 weights (DequantizeLinear), torch's per-token input quantization as float ops"
+    if config.precision != "int8":
+        why = (f"a TensorRT {config.precision} engine computes in {'FP8' if config.precision == 'fp8' else 'float'}: "
+               "built from the dequantized weight (build int8 to keep torch's int8/int4 scheme)")
+        out["not_carried"] = {n: why for n in {**onnx_summary["layers"], **onnx_summary["not_carried"]}}
+        out["layers"] = {}
+    out["enabled"] = config.carry_quantization
+    return out
 
 
 def _run(runner: Any, processor: Any, observations: list[dict], ref: dict, batch: int) -> dict[str, np.ndarray]:

@@ -12,6 +12,13 @@ for ONNX Runtime on a CPU but not for TensorRT, so the TensorRT exporter quantiz
   becomes an FP8 zero: TensorRT's (and TensorRT Model Optimizer's) FP8 recipe. onnxruntime's own
   FP8 path needs histogram calibration, which cannot mix inputs of different sequence lengths.
 ONNX Runtime runs both graphs on the CPU, so their parity is measured here before any engine exists.
+
+A torch-quantized model's layers carried into the ONNX graph (export/onnx/carry.py) keep torch's
+integers here too (`exclude`: the calibration quantizes only the float remainder): int8 static
+layers already hold TensorRT's symmetric form (per-tensor activation Q/DQ with zero point 0,
+per-channel int8 weights); int8 weight-only layers stay weight-only (DequantizeLinear on the
+weight); int4 MatMulNBits, which TensorRT cannot parse, goes back to a float MatMul
+(`nbits_to_float`, see INT4_NOTE for why not INT4 DequantizeLinear) and is calibrated as int8.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ FP8_MIN_OPSET = 19
 
 
 def prepare_graph(precision: str, src: Path, dst: Path, feeds: list[dict] | None, *, per_channel: bool = True,
-                  external: bool = False) -> None:
-    """Write the graph TensorRT builds at `precision` from the fp32 graph `src` to `dst`."""
+                  external: bool = False, exclude: list[str] | tuple = ()) -> None:
+    """Write the graph TensorRT builds at `precision` from the fp32 graph `src` to `dst`; nodes in
+    `exclude` (layers carried from torch) keep their own quantization."""
     src, dst = Path(src).resolve(), Path(dst).resolve()
     if precision in ("fp32", "fp16"):
         _copy_graph(src, dst)
@@ -38,7 +46,7 @@ def prepare_graph(precision: str, src: Path, dst: Path, feeds: list[dict] | None
         raise ConfigError(f"tensorrt {precision} export needs calibration observations (pass calibration=[...])")
     with contextlib.chdir(dst.parent), _quiet():
         if precision == "int8":
-            _qdq(src, dst, feeds, per_channel=per_channel, weight_pairs=False, external=external)
+            _qdq(src, dst, feeds, per_channel=per_channel, weight_pairs=False, external=external, exclude=exclude)
         elif precision == "fp8":
             tmp = dst.with_name(dst.stem + ".int8.onnx")
             try:
@@ -65,7 +73,8 @@ def _load(path: Path):
     return onnx.load(str(path))
 
 
-def _qdq(src: Path, dst: Path, feeds: list[dict], *, per_channel: bool, weight_pairs: bool, external: bool) -> None:
+def _qdq(src: Path, dst: Path, feeds: list[dict], *, per_channel: bool, weight_pairs: bool, external: bool,
+         exclude: list[str] | tuple = ()) -> None:
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -80,7 +89,7 @@ def _qdq(src: Path, dst: Path, feeds: list[dict], *, per_channel: bool, weight_p
                     op_types_to_quantize=STATIC_OP_TYPES, per_channel=per_channel,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
+                    nodes_to_exclude=list(exclude), extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
                                    "AddQDQPairToWeight": weight_pairs})
 
 
@@ -124,3 +133,50 @@ def to_fp8(model):
             opset.version = FP8_MIN_OPSET
     model.ir_version = max(model.ir_version, 9)
     return model
+
+
+
+# TensorRT reads int4 weights only as INT4 block-wise DequantizeLinear, which needs opset 21; with
+# INT8 Q/DQ beside it at opset 21, onnxruntime 1.32's extended optimizer fails to load the graph
+# (a QuantizeLinear it creates gets output_dtype INT8 and a UINT8 zero point), so that graph could
+# not be checked here. Carried int4 layers therefore go back to their dequantized float weight.
+INT4_NOTE = ("int4 groups need INT4 block-wise DequantizeLinear (opset 21) in TensorRT, which onnxruntime 1.32 "
+             "cannot load beside INT8 Q/DQ (so the graph could not be validated here): built from the dequantized "
+             "weight, which the int8 calibration re-quantizes per channel")
+
+
+def nbits_to_float(model) -> list[str]:
+    """Rewrite every 4-bit MatMulNBits of `model` (in place) as a MatMul of the same name with its
+    dequantized float weight ((nibble - 8) * block scale, transposed); returns the node names."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    out, done, dropped = [], [], set()
+    for node in g.node:
+        if node.op_type != "MatMulNBits":
+            out.append(node)
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("bits", 4) != 4 or len(node.input) > 3 and any(node.input[3:]) or node.input[1] not in inits:
+            raise ConfigError(f"{node.name}: only 4-bit MatMulNBits with constant weights and the default zero "
+                              "point can be turned back into a float MatMul")
+        k, n, bs = attrs["K"], attrs["N"], attrs["block_size"]
+        packed = numpy_helper.to_array(inits[node.input[1]]).reshape(n, -1)
+        q = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(n, -1)[:, :k].astype(np.float32) - 8.0
+        scale = numpy_helper.to_array(inits[node.input[2]]).astype(np.float32).reshape(n, -1)
+        w = (q.reshape(n, -1, bs) * scale[..., None]).reshape(n, k)
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"{node.name}.weight_float"))
+        out.append(helper.make_node("MatMul", [node.input[0], f"{node.name}.weight_float"], list(node.output),
+                                    name=node.name))
+        dropped.update(node.input[1:3])
+        done.append(node.name)
+    if done:
+        del g.node[:]
+        g.node.extend(out)
+        used = {i for nd in g.node for i in nd.input}
+        keep = [t for t in g.initializer if t.name not in dropped or t.name in used]
+        del g.initializer[:]
+        g.initializer.extend(keep)
+    return done
