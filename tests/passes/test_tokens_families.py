@@ -253,3 +253,21 @@ def test_pruned_smolvla_needs_every_camera(models):
     obs[0]["images"].pop("top")
     with pytest.raises(ObservationError, match="spans all 2 cameras; the inputs hold 1"):
         predict(vla, obs)
+
+
+@pytest.mark.parametrize("family", ["openvla", "smolvla"])
+def test_token_merge_after_width_pruned_vision_heads(models, tmp_path, family):
+    """ToMe's attention reads the head width from the projections, as the encoders do once
+    width-prune has removed heads."""
+    from vla_compress.passes.prune import WidthPruneConfig
+
+    vla = copy.deepcopy(models[family])
+    apply_passes(vla, [WidthPruneConfig(heads_ratio=0.5, where="vision_encoder")], context(vla))
+    params = [vla.compression_log[-1][k]["per_component"]["vision_encoder"]["params"] for k in ("before", "after")]
+    assert params[1] < params[0]  # heads really removed
+    obs = observations(vla, 1)
+    apply_passes(vla, [TokenMergeConfig(r=2)])
+    y = predict(vla, obs)
+    assert torch.isfinite(y).all()
+    loaded = type(vla).from_pretrained(vla.save_pretrained(tmp_path / "p"))
+    assert torch.equal(predict(loaded, obs), y)

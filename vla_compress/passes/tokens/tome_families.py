@@ -36,15 +36,16 @@ def _attention(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     """Proportional attention of (B, H, N, Dh) q/k/v: logits + log(size) of each key."""
     bias = size.log().to(q.dtype)[:, None, None, :]
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    b, n, d = x.shape
-    return out.transpose(1, 2).reshape(b, n, d), k.mean(1)
+    b, n, _ = x.shape
+    return out.transpose(1, 2).reshape(b, n, -1), k.mean(1)
 
 
 def timm_block(block: Any, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """modeling_vit.Block with proportional attention; returns (output, keys averaged over heads)."""
     a = block.attn
-    b, n, d = x.shape
-    q, k, v = a.qkv(block.norm1(x)).reshape(b, n, 3, a.num_heads, d // a.num_heads).permute(2, 0, 3, 1, 4)
+    b, n, _ = x.shape
+    # head width from the projection, not width // heads: width-pruning removes whole heads
+    q, k, v = a.qkv(block.norm1(x)).reshape(b, n, 3, a.num_heads, -1).permute(2, 0, 3, 1, 4)
     out, keys = _attention(x, q, k, v, size)
     x = x + block.ls1(a.proj(out))
     return x + block.ls2(block.mlp(block.norm2(x))), keys
@@ -53,9 +54,9 @@ def timm_block(block: Any, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.T
 def siglip_layer(layer: Any, x: torch.Tensor, size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """modeling_vision.VisionLayer with proportional attention; returns (output, mean keys)."""
     a = layer.self_attn
-    b, n, d = x.shape
+    b, n, _ = x.shape
     h = layer.layer_norm1(x)
-    heads = lambda t: t.view(b, n, a.num_heads, d // a.num_heads).transpose(1, 2)  # noqa: E731
+    heads = lambda t: t.view(b, n, a.num_heads, -1).transpose(1, 2)  # noqa: E731
     out, keys = _attention(x, heads(a.q_proj(h)), heads(a.k_proj(h)), heads(a.v_proj(h)), size)
     x = x + a.out_proj(out)
     return x + layer.mlp(layer.layer_norm2(x)), keys
