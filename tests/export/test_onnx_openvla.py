@@ -252,7 +252,7 @@ def test_corrupted_artifacts_give_clear_errors(fp32, tmp_path):
     (bad / "decode.onnx").write_bytes(data[: len(data) // 3])
     with pytest.raises(ExportError, match=r"decode\.onnx: sha256 differs"):
         OnnxRuntimePolicy(bad, verify=True)
-    with pytest.raises(ExportError, match=r"decode\.onnx: ONNX Runtime cannot load this graph.*corrupt"):
+    with pytest.raises(ExportError, match=r"decode\.onnx: ONNX Runtime cannot load this graph.*corrupt or incomplete"):
         OnnxRuntimePolicy(bad)
 
     bad = fresh("runtime-json")
@@ -281,3 +281,17 @@ def test_artifacts_are_profiled_without_their_model(fp32):
         m = measure_policy(OnnxRuntimePolicy(fp32[fam].path), steps=2, warmup=1)
         assert m.chunk_size == chunk and len(m.latencies_ms) == 2 and m.p50_ms > 0
         assert parts <= set(m.breakdown_ms)
+
+
+def test_bfloat16_model_is_refused_before_tracing(tmp_path):
+    import torch
+
+    from vla_compress.errors import ConfigError
+    from vla_compress.models.openvla import OpenVLAOFT
+    from vla_compress.models.openvla.fixtures import write_tiny_openvla_oft
+
+    vla = OpenVLAOFT.from_pretrained(write_tiny_openvla_oft(tmp_path / "ckpt", seed=1), dtype=torch.bfloat16)
+    with pytest.raises(ConfigError, match="ONNX export of openvla-oft traces float32 ONNX graphs, but this "
+                                          "model's weights are bfloat16"):
+        export(vla, OnnxExportConfig(), tmp_path / "x", example=observations(vla, 2))
+    assert not (tmp_path / "x").exists()

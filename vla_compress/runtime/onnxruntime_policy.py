@@ -58,7 +58,7 @@ def _session(ort, path: Path, so, providers: list[str]):
         return ort.InferenceSession(str(path), so, providers=providers)
     except Exception as e:  # noqa: BLE001  (ORT raises its own exception types from C++)
         raise ExportError(path, f"ONNX Runtime cannot load this graph ({type(e).__name__}: {str(e).strip()[:300]}); "
-                                "the artifact is corrupt or incomplete: re-export it") from None
+                                "the file is corrupt or incomplete (re-export it), or uses types this ONNX Runtime cannot run") from None
 
 
 class OnnxGraphs:

@@ -221,10 +221,23 @@ def _prefix_inputs(vla: Any, example: dict) -> tuple[list[str], tuple, dict, Any
     return names, args, shapes, batch
 
 
+def _require_float32(vla: Any, fmt: str) -> None:
+    """ONNX Runtime's CPU kernels take no bfloat16 (a bf16 graph does not even load), and the other
+    precisions are made from the fp32 graph by the quantizers: trace float32 only."""
+    import torch
+
+    dtype = vla.projector.fc1.weight.dtype
+    if dtype != torch.float32:
+        raise ConfigError(f"{fmt} export of {vla.family} traces float32 ONNX graphs, but this model's weights are "
+                          f"{str(dtype).replace('torch.', '')}: load the checkpoint with dtype=torch.float32 "
+                          "(from_pretrained(path, dtype=torch.float32)) and choose the precision at export")
+
+
 def _openvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     import torch
     from torch.export import Dim
 
+    _require_float32(vla, "ONNX")
     Prefill, Decode, ChunkStep, ChunkStepWithState = _modules()
     example = vla._model_inputs(example)
     names, args, shapes, batch = _prefix_inputs(vla, example)
@@ -277,6 +290,7 @@ def _gguf_side_graphs(vla: Any, example: dict) -> list[GraphSpec]:
             return self.vla.sequence({"pixel_values": pixel_values, "bos_ids": bos_ids, "text_ids": text_ids,
                                       "text_mask": text_mask})
 
+    _require_float32(vla, "GGUF")
     names, args, shapes, _ = _prefix_inputs(vla, vla._model_inputs(example))
     embed = Embed(vla).eval()
     used = (vla.vision_backbone, vla.projector, vla.language_model.model.embed_tokens)
