@@ -130,6 +130,8 @@ def test_openvla_layer_drop_vision_keeps_the_unused_last_block(model, tmp_path):
     overrides = vla.cfg.to_dict()["vla_compress"]["vision_backbone_overrides"]
     assert [o["depth"] for o in overrides] == [2, 2]
     check_predicts_and_round_trips(vla, tmp_path)
+    with pytest.raises(PassError, match="cannot drop 1 of vision_encoder.featurizer's 1 layers .*the last 1 never run"):
+        apply_passes(vla, [LayerDropConfig(num_layers=1, where="vision_encoder")], context_for(vla, n=1))
 
 
 def test_smolvla_layer_drop_removes_vlm_and_expert_layers_in_blocks(model, tmp_path):

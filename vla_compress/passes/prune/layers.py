@@ -73,17 +73,19 @@ def _plan(stack: Stack, in_scope: set[int], config: LayerDropConfig) -> tuple[in
     unit = "layers" if block == 1 else f"blocks of {block} layers"
     if config.num_layers:
         if config.num_layers % block:
-            raise config.error("num_layers", f"{stack.name} drops layers in aligned blocks of {block} (a self- and "
-                                             f"a cross-attention layer with their action-expert layers); "
-                                             f"{config.num_layers} is not a multiple of {block}")
+            raise config.error("num_layers", f"{stack.name} drops layers in aligned blocks of {block} (a self-"
+                                             f"attention layer and the cross-attention layer(s) after it, with "
+                                             f"their action-expert layers); {config.num_layers} is not a multiple "
+                                             f"of {block}")
         k = config.num_layers // block
     else:
         k = math.floor(n_units * config.ratio)
     if k == 0:
         raise config.error("ratio", f"{config.ratio} of {stack.name}'s {n_units} {unit} drops no layer")
     if k >= n_units:
+        unused = f"; the last {len(stack.layers) - n} never run" if len(stack.layers) > n else ""
         raise config.error("num_layers", f"cannot drop {k * block} of {stack.name}'s {n} layers "
-                                         f"(at least one {'layer' if block == 1 else 'block'} must stay)")
+                                         f"(at least one {'layer' if block == 1 else 'block'} must stay{unused})")
     if k > len(allowed):
         raise config.error("num_layers", f"{k} {unit} requested but only {len(allowed)} of {stack.name}'s {unit} "
                                          f"are in scope ({[u * block for u in allowed]})")
