@@ -83,7 +83,6 @@ class GgufExporter(Exporter):
                 carry = gguf_carry_summary(side, manifest["gguf"])
                 if carry is not None:
                     manifest["quantization_carry"] = carry | {"enabled": config.carry_quantization}
-                    warn_not_carried(out_dir, carry)
                 hp = manifest["gguf"]["hparams"]
                 manifest["llama_cpp"] = {
                     "n_ctx": hp["context"], "kv_cache": config.kv_cache_type, "flash_attn": config.flash_attn_mode,
@@ -91,7 +90,9 @@ class GgufExporter(Exporter):
                     # regression: final hidden states at the query positions (embeddings mode);
                     # tokens: logits of the last vocabulary ids (the action bins)
                     "output": "hidden_states" if meta["head"] == "regression" else "logits",
-                    "attention": "causal",  # as the torch backbone (LlamaModel) attends, queries included
+                    # as the torch backbone attends: causal (LlamaModel, queries included), or
+                    # bidirectional where the family says so (OpenVLA-OFT's parallel decoding)
+                    "attention": meta.get("attention", "causal"),
                 }
                 manifest["processor_files"] = family.save_processor(vla, stage)
                 manifest["files"] = hash_files(stage)
@@ -101,6 +102,8 @@ class GgufExporter(Exporter):
         except Exception as e:
             _record_failure(out_dir, manifest, e)
             raise ExportError(out_dir, f"GGUF export ({config.precision}) failed: {type(e).__name__}: {e}") from e
+        if manifest.get("quantization_carry"):  # after the artifact is complete: a warning never fails it
+            warn_not_carried(out_dir, manifest["quantization_carry"])
         return Artifact.load(out_dir)
 
     def _write_gguf(self, vla: Any, backbone: Any, lm_head: Any, vocab: Any, config: GgufExportConfig, dst: Path,

@@ -81,7 +81,6 @@ class OnnxExporter(Exporter):
                     manifest["io"][name] = io_signature(stage / src.name)
                 if carry:
                     manifest["quantization_carry"] = carried_summary(carry) | {"enabled": config.carry_quantization}
-                    warn_not_carried(out_dir, manifest["quantization_carry"])
                 manifest["processor_files"] = family.save_processor(vla, stage)
                 manifest["files"] = hash_files(stage)
                 Artifact(stage, manifest).save()  # manifest last: a directory with artifact.json is complete
@@ -90,6 +89,8 @@ class OnnxExporter(Exporter):
         except Exception as e:
             _record_failure(out_dir, manifest, e)
             raise ExportError(out_dir, f"ONNX export ({config.precision}) failed: {type(e).__name__}: {e}") from e
+        if manifest.get("quantization_carry"):  # after the artifact is complete: a warning never fails it
+            warn_not_carried(out_dir, manifest["quantization_carry"])
         return Artifact.load(out_dir)
 
     # --- stages ------------------------------------------------------------------------------

@@ -89,8 +89,6 @@ class TensorRTExporter(Exporter):
                 manifest["onnx_base"] = {"path": str(onnx_art.path.resolve()) if base is not None else None,
                                          "precision": onnx_art.precision, "opset": onnx_art.manifest.get("opset")}
                 reports = self._prepare(vla, family, config, onnx_art, stage, Path(tmp), calibration, threads, manifest)
-                if manifest.get("quantization_carry"):
-                    warn_not_carried(out_dir, manifest["quantization_carry"])
                 ranges = axis_ranges(config, onnx_art.manifest)
                 profiles = {n: graph_profile(manifest["io"][n]["inputs"], ranges) for n in manifest["graphs"]}
                 qdq = {t for r in reports.values() for t, n in r.qdq.items() if n}
@@ -116,6 +114,8 @@ class TensorRTExporter(Exporter):
         except Exception as e:
             _record_failure(out_dir, manifest, e)
             raise ExportError(out_dir, f"TensorRT export ({config.precision}) failed: {type(e).__name__}: {e}") from e
+        if manifest.get("quantization_carry"):  # after the artifact is complete: a warning never fails it
+            warn_not_carried(out_dir, manifest["quantization_carry"])
         require_ready(reports, out_dir)
         return Artifact.load(out_dir)
 
