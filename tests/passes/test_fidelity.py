@@ -4,9 +4,11 @@ on held-out observations (passes/runner.py), and the pipeline records sizes on d
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tests.passes.conftest import context_for
+from tests.passes.test_contract import EXAMPLES
 from vla_compress.passes import apply_passes
 from vla_compress.passes.quantize import Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig
 from vla_compress.passes.runner import fidelity, policy_outputs
@@ -86,3 +88,16 @@ def test_pipeline_records_sizes_on_disk_in_the_saved_log(fresh, tiny_checkpoints
     assert e["after"]["size_on_disk_bytes"] < 0.6 * e["before"]["size_on_disk_bytes"]
     reloaded = load_vla(tmp_path / "ckpt")  # compression.json was rewritten with the sizes
     assert reloaded.compression_log[-1]["after"]["size_on_disk_bytes"] == e["after"]["size_on_disk_bytes"]
+
+
+@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - {"distill"}))  # distill: its own tests train; slow here
+def test_every_pass_records_fidelity_fields(fresh, make_obs, name):
+    vla = fresh("tokens", deep=True)
+    ctx = context_for(vla, batch_size=2)
+    ctx.held_out = held_out(make_obs, 2)
+    config = {"pass": "width-prune", "mlp_ratio": 0.5, "where": "backbone"} if name == "width-prune" else EXAMPLES[name]
+    apply_passes(vla, [config], ctx)  # (the width-prune example's round_to does not fit this model)
+    f = vla.compression_log[-1]["fidelity"]
+    assert set(f) == {"observations", "reference", "action_l1", "action_max_abs", "token_agreement"}
+    assert f["observations"] == 2 and 0 <= f["token_agreement"] <= 1 and f["action_l1"] >= 0
+    assert "size_on_disk_bytes" in vla.compression_log[-1]["after"]
