@@ -249,15 +249,15 @@ def test_runtime_refuses_onnx_artifacts_and_bad_options(artifacts, tmp_path):
 def test_unsupported_configurations_are_clear(models, obs, tmp_path):
     from vla_compress.export import config_from_dict, export
     from vla_compress.export.gguf import GgufExportConfig
-    from vla_compress.models.openvla import OpenVLA
 
     with pytest.raises(ConfigError, match="unknown precision 'q3_k'"):
         GgufExportConfig(precision="q3_k")
     with pytest.raises(ConfigError, match="kv_cache"):
         GgufExportConfig(kv_cache="q8")
     assert config_from_dict({"format": "gguf", "precision": "q8_0"}) == GgufExportConfig(precision="q8_0")
-    with pytest.raises(ConfigError, match="no exporter support for model family 'openvla'"):
-        export(OpenVLA.tiny(), GgufExportConfig(), tmp_path / "openvla")
+    unknown = type("Unknown", (), {"family": "no-such-family"})()
+    with pytest.raises(ConfigError, match="no exporter support for model family 'no-such-family'"):
+        export(unknown, GgufExportConfig(), tmp_path / "unknown")
     # width pruning that leaves layers of different sizes: llama.cpp's llama architecture cannot hold it
     import torch
 
@@ -270,8 +270,7 @@ def test_unsupported_configurations_are_clear(models, obs, tmp_path):
 
 def test_openvla_llama_goes_through_the_same_writer(tmp_path):
     """OpenVLA's Llama (with its LM head and padded vocabulary) written by the same code path runs
-    in llama.cpp with the logits torch gives (the full OpenVLA artifact needs family hooks that
-    do not exist yet, see test_unsupported_configurations_are_clear)."""
+    in llama.cpp with the logits torch gives (the full OpenVLA / OFT artifacts: test_gguf_openvla.py)."""
     import torch
 
     from vla_compress.export.gguf.writer import vocab_from_tokenizer, write_llama_gguf

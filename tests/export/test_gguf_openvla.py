@@ -1,12 +1,11 @@
-"""GGUF export of OpenVLA's Llama (llama.cpp) with vision/projector/embeddings in ONNX, through
-`vla-compress export -f gguf`; the hybrid policy against torch; OpenVLA-OFT refused clearly."""
+"""GGUF export of the OpenVLA family's Llama (llama.cpp) with vision/projector/embeddings (and OFT's
+L1 head) in ONNX, through `vla-compress export -f gguf`; the hybrid policies against torch. OFT's
+backbone runs bidirectionally in llama.cpp (its parallel decoding)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from vla_compress.errors import ConfigError
 
 llama_cpp = pytest.importorskip(
     "llama_cpp", reason="llama-cpp-python is not installed (./install.sh builds it; VLA_COMPRESS_NO_GGUF=1 skips it)")
@@ -61,10 +60,26 @@ def test_llamacpp_policy_acts_like_torch(exported):
     policy.graphs.close()
 
 
-def test_oft_gguf_is_refused_with_a_pointer_to_onnx(tmp_path):
-    from vla_compress.export import export
+def test_oft_gguf_runs_bidirectionally_and_acts_like_torch(tmp_path):
+    from vla_compress.export import export, validate
     from vla_compress.export.gguf import GgufExportConfig
     from vla_compress.models.openvla import OpenVLAOFT
+    from vla_compress.runtime.llamacpp_policy import LlamaCppPolicy
 
-    with pytest.raises(ConfigError, match="OpenVLA-OFT's parallel decoding.*-f onnx"):
-        export(OpenVLAOFT.tiny(seed=1), GgufExportConfig(precision="f32"), tmp_path / "x")
+    vla = OpenVLAOFT.tiny(seed=1)
+    obs = [vla.dummy_observation(t) for t in ("open the drawer", "put the bowl on the plate", "push the button")]
+    rng = np.random.default_rng(2)
+    for o in obs:
+        o["images"] = {c: rng.integers(0, 256, (48, 48, 3), dtype=np.uint8) for c in o["images"]}
+        o["state"] = rng.uniform(-1, 1, 8).astype(np.float32)
+    art = export(vla, GgufExportConfig(precision="f32"), tmp_path / "f32", example=obs[:2])
+    m = art.manifest
+    assert set(m["graphs"]) == {"embed", "action_head"} and m["gguf"]["tied_output"] is True  # no LM head
+    assert m["llama_cpp"]["attention"] == "bidirectional" and m["llama_cpp"]["output"] == "hidden_states"
+    report = validate(art, vla, obs)
+    assert report.passed and report.max_abs < 1e-4, report.summary()
+    policy = LlamaCppPolicy(art.path)
+    a, b = policy.infer(obs[0]), vla.act(obs[0])
+    assert a.shape == b.shape == (8, 7) and np.allclose(a, b, atol=1e-4), np.abs(a - b).max()
+    assert {"embed", "backbone", "action_head"} <= set(policy.component_latencies_s)
+    policy.graphs.close()

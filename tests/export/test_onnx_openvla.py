@@ -140,7 +140,8 @@ def test_graphs_and_processor_files(fp32, models):
     shapes = {v["name"]: v["shape"] for v in m["io"]["policy_step"]["inputs"]}
     assert shapes["text_ids"] == ["batch", "text"] and shapes["pixel_values"] == ["batch", 12, 42, 42]
     assert m["model"] == {"family": "openvla-oft", "chunk_size": 8, "action_dim": 7, "head": "regression",
-                          "policy_head": "l1", "proprio": True}
+                          "policy_head": "l1", "proprio": True, "attention": "bidirectional",
+                          "action_hidden": {"count": 56, "skip_last": 2}}
 
 
 # --- quantized ------------------------------------------------------------------------------------------

@@ -74,13 +74,16 @@ class HybridRunner:
         return out
 
     def _regression(self, rows: list[np.ndarray]) -> dict:
-        k = self.meta["chunk_size"]
+        # the head reads `count` hidden states ending `skip_last` before the sequence end (OpenVLA-OFT:
+        # K*A, 2); default: the last chunk_size (the reference family's action queries)
+        sel = self.meta.get("action_hidden") or {"count": self.meta["chunk_size"], "skip_last": 0}
+        k, skip = int(sel["count"]), int(sel["skip_last"])
         t0 = time.perf_counter()
         hidden = []
         for seq in rows:
             self.backbone.reset()
-            self.backbone.decode_embeddings(seq, n_outputs=k)
-            hidden.append(np.stack([self.backbone.hidden(i) for i in range(-k, 0)]))
+            self.backbone.decode_embeddings(seq, n_outputs=k + skip)
+            hidden.append(np.stack([self.backbone.hidden(i) for i in range(-(k + skip), -skip)]))
         t1 = time.perf_counter()
         (actions,) = self.sessions["action_head"].run(["actions"], {"hidden": np.stack(hidden).astype(np.float32)})
         self.last_timing = {"backbone_s": t1 - t0, "action_head_s": time.perf_counter() - t1}

@@ -128,7 +128,10 @@ def _head_meta(vla: Any) -> dict:
     spec = vla.action_spec
     meta = {"family": vla.family, "chunk_size": spec.chunk_size, "action_dim": spec.dim}
     if vla.family == "openvla-oft":
-        return {**meta, "head": "regression", "policy_head": "l1", "proprio": bool(vla.uses_state)}
+        # the backbone attends bidirectionally and the L1 head reads the K*A hidden states that end
+        # two positions before the sequence end (the last placeholder and </s> are not read)
+        return {**meta, "head": "regression", "policy_head": "l1", "proprio": bool(vla.uses_state),
+                "attention": "bidirectional", "action_hidden": {"count": spec.chunk_size * spec.dim, "skip_last": 2}}
     c = vla.cfg
     return {**meta, "head": "tokens", "num_layers": int(c.llama["num_hidden_layers"]), "action_tokens": spec.dim,
             "n_bins": int(c.llama["vocab_size"]), "action_token_start": 0, "token_map": "openvla",
@@ -271,38 +274,55 @@ register_graphs("openvla-oft")(_openvla_graphs)
 
 # --- GGUF (OpenVLA's Llama in llama.cpp; vision, projector and embeddings in ONNX) ------------------------
 def _gguf_side_graphs(vla: Any, example: dict) -> list[GraphSpec]:
-    """"embed": the four prefix inputs -> inputs_embeds (B, L, D), attention_mask (B, L): the
-    model's own `sequence()` (<s> [patches] [pad.. prompt]); llama.cpp decodes the real rows and
-    the action tokens greedily over the whole vocabulary, as the ONNX decode graph does."""
+    """"embed": the prefix inputs -> inputs_embeds (B, L, D), attention_mask (B, L): the model's own
+    sequence. OpenVLA: <s> [patches] [pad.. prompt]; llama.cpp decodes the real rows and the action
+    tokens greedily over the whole vocabulary, as the ONNX decode graph does. OFT: the parallel-
+    decoding sequence (proprio token, K*A zero placeholders, </s>), run bidirectionally by llama.cpp,
+    and "action_head": the K*A hidden states (B, K*A, D) -> actions (B, K, A), normalised."""
+    import torch
     from torch import nn
-
-    if vla.family != "openvla":
-        raise ConfigError("GGUF export supports OpenVLA's autoregressive head; OpenVLA-OFT's parallel decoding "
-                          "(bidirectional, zero placeholder embeddings, shifted L1-head positions) is not wired "
-                          "to llama.cpp yet: export it with -f onnx")
 
     class Embed(nn.Module):
         def __init__(self, vla):
             super().__init__()
             self.vla = vla
 
+        def forward(self, pixel_values, bos_ids, text_ids, text_mask, *state):
+            x = {"pixel_values": pixel_values, "bos_ids": bos_ids, "text_ids": text_ids, "text_mask": text_mask}
+            if self.vla.family == "openvla":
+                return self.vla.sequence(x)
+            spec = self.vla.action_spec
+            prop = self.vla.proprio_projector(state[0]).unsqueeze(1) if state else None
+            return self.vla.parallel_sequence(x, prop, spec.chunk_size * spec.dim, self.vla.tokenizer.eos_id)
+
+    class EmbedWithState(Embed):
+        def forward(self, pixel_values, bos_ids, text_ids, text_mask, state):
+            return super().forward(pixel_values, bos_ids, text_ids, text_mask, state)
+
+    class EmbedNoState(Embed):
         def forward(self, pixel_values, bos_ids, text_ids, text_mask):
-            return self.vla.sequence({"pixel_values": pixel_values, "bos_ids": bos_ids, "text_ids": text_ids,
-                                      "text_mask": text_mask})
+            return super().forward(pixel_values, bos_ids, text_ids, text_mask)
 
     _require_float32(vla, "GGUF")
-    names, args, shapes, _ = _prefix_inputs(vla, vla._model_inputs(example))
-    embed = Embed(vla).eval()
-    used = (vla.vision_backbone, vla.projector, vla.language_model.model.embed_tokens)
-    return [GraphSpec("embed", embed, args, names, ["inputs_embeds", "attention_mask"], shapes,
-                      sum(weight_bytes(m) for m in used))]
+    names, args, shapes, batch = _prefix_inputs(vla, vla._model_inputs(example))
+    embed = (EmbedWithState if vla.uses_state else EmbedNoState)(vla).eval()
+    used = [vla.vision_backbone, vla.projector, vla.language_model.model.embed_tokens]
+    used += [vla.proprio_projector] if vla.uses_state else []
+    specs = [GraphSpec("embed", embed, args, names, ["inputs_embeds", "attention_mask"], shapes,
+                       sum(weight_bytes(m) for m in used))]
+    if vla.family == "openvla-oft":
+        head = vla.action_head.eval()  # the L1 head's forward takes the hidden states as they are
+        spec = vla.action_spec
+        hidden = torch.zeros(args[0].shape[0], spec.chunk_size * spec.dim, vla.cfg.llm_dim)
+        specs.append(GraphSpec("action_head", head, (hidden,), ["hidden"], ["actions"], {"hidden": {0: batch}},
+                               weight_bytes(head)))
+    return specs
 
 
 def _gguf_backbone(vla: Any) -> tuple[Any, Any]:
-    """The Llama and its (untied) LM head: the action-token logits come from it."""
-    if vla.family != "openvla":
-        _gguf_side_graphs(vla, {})  # the one explanation of what is not supported
-    return vla.language_model.model, vla.language_model.lm_head.weight
+    """The Llama and, for OpenVLA, its (untied) LM head: the action-token logits come from it (OFT's
+    L1 head reads hidden states instead)."""
+    return vla.language_model.model, (vla.language_model.lm_head.weight if vla.family == "openvla" else None)
 
 
 def _gguf_vocab(vla: Any) -> Any:

@@ -212,16 +212,20 @@ class OpenVLAModule(nn.Module):
         return centers[idx]
 
     # --- OpenVLA-OFT: parallel decoding -----------------------------------------------------------
-    def parallel_action_hidden(self, inputs: dict, proprio_token: torch.Tensor | None, n_queries: int,
-                               stop_id: int) -> torch.Tensor:
-        """Hidden states (B, n_queries, D) for the L1 head, bidirectional attention."""
+    def parallel_sequence(self, inputs: dict, proprio_token: torch.Tensor | None, n_queries: int, stop_id: int):
+        """Embeddings and mask of  <s> [visual] [proprio] [pad.. text] [0]*n_queries </s>."""
         embed = self.language_model.model.embed_tokens
         b = inputs["text_ids"].shape[0]
         placeholders = torch.zeros(b, n_queries, self.cfg.llm_dim, dtype=embed.weight.dtype,
                                    device=inputs["text_ids"].device)
         stop = embed(torch.full((b, 1), stop_id, dtype=torch.long, device=inputs["text_ids"].device))
-        embeds, mask = self.sequence(inputs, before_text=proprio_token, after_text=torch.cat([placeholders, stop], 1))
-        n = mask.shape[1]
+        return self.sequence(inputs, before_text=proprio_token, after_text=torch.cat([placeholders, stop], 1))
+
+    def parallel_action_hidden(self, inputs: dict, proprio_token: torch.Tensor | None, n_queries: int,
+                               stop_id: int) -> torch.Tensor:
+        """Hidden states (B, n_queries, D) for the L1 head, bidirectional attention."""
+        embeds, mask = self.parallel_sequence(inputs, proprio_token, n_queries, stop_id)
+        b, n = mask.shape
         # key-padding mask, identical for every query row: full bidirectional attention among real tokens
         attn = mask.bool()[:, None, None, :].expand(b, 1, n, n)
         hidden = self.language_model.model(inputs_embeds=embeds, attention_mask=attn,
