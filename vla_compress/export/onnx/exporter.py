@@ -220,9 +220,13 @@ def warn_not_carried(out_dir: Path, summary: dict) -> None:
     """Say clearly which torch-quantized layers did not keep their scheme exactly."""
     problems = {**summary.get("not_carried", {}), **summary.get("inexact", {})}
     if problems:
-        lines = "; ".join(f"{n}: {why}" for n, why in sorted(problems.items()))
-        warnings.warn(f"{out_dir}: {len(problems)} torch-quantized layer(s) not carried exactly into the export: {lines}",
-                      QuantizationCarryWarning, stacklevel=3)
+        by_reason: dict[str, list[str]] = {}
+        for name, why in sorted(problems.items()):
+            by_reason.setdefault(why, []).append(name)
+        lines = "; ".join(f"{len(names)} layer(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {why}"
+                          for why, names in by_reason.items())
+        warnings.warn(f"{out_dir}: {len(problems)} torch-quantized layer(s) not carried exactly into the export "
+                      f"(artifact.json: quantization_carry): {lines}", QuantizationCarryWarning, stacklevel=3)
 
 
 class QuantizationCarryWarning(UserWarning):
