@@ -282,3 +282,32 @@ def test_tensorrt_int4_and_float_engines_say_what_was_not_carried(tiny_models, o
         fp16 = trt_export(vla, observations, tmp_path, "fp16", precision="fp16")
     assert not fp16.manifest["quantization_carry"]["layers"]
     assert validate(fp16, vla, observations).max_abs < 1e-4  # the dequantized weights, exactly
+
+
+@pytest.mark.parametrize("cls", ["Int8WeightOnlyLinear", "Int8DynamicLinear", "Int8StaticLinear"])
+def test_int8_onnx_forms_compute_what_the_torch_modules_compute(cls):
+    """Each carried int8 form, alone in a graph, against its torch module (ONNX Runtime's basic graph
+    optimizations only: its extended ones fuse int8 weights into an activation-quantizing kernel,
+    see carry.ORT_NOTE)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from vla_compress.passes.quantize import modules
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(48, 24, bias=False)
+    cls_ = getattr(modules, cls)
+    m = cls_.from_float(lin, 0.02) if cls == "Int8StaticLinear" else cls_.from_float(lin)
+    x = np.random.default_rng(1).standard_normal((2, 5, 48)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 48])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 5, 24])],
+                              [numpy_helper.from_array(m.dequantize().numpy().T.copy(), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    rep = carry_quantization(model, {"lin": m})
+    assert rep["layers"]["lin"]["exact"] and not any(t.name == "w" for t in model.graph.initializer)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    y = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(y, m(torch.from_numpy(x)).numpy(), atol=1e-5, rtol=1e-5)
