@@ -32,6 +32,7 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import read_json, write_json
+from ...passes.checkpoint import restore_compression, save_compression
 from ...passes.tokens.state import restore_token_state, save_token_state
 from ..base import ActionSpec, TokenCounts, VLAAdapter
 from ..reference.adapter import load_strict
@@ -123,6 +124,7 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
         ckpt.write_weights(main, path, max_shard_bytes)
         self._save_parts(path)
         save_token_state(self, path)  # token_reduction.json: visual keep set / ToMe schedule, when reduced
+        save_compression(self, path)  # quantization.json (quantized modules) / compression.json (the pass log)
         write_json(path / "config.json", self.cfg.to_dict())  # last: config.json marks a complete checkpoint
         return path
 
@@ -180,6 +182,7 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
             model = target._load(cfg, tokenizer, images, common, parts, dtype)
         except ConfigError as e:
             raise CheckpointError(path, str(e)) from None
+        restore_compression(model, path)  # quantized modules and the pass log, before the strict load
         load_strict(_WeightsView(model), state, weights_file)
         return restore_token_state(model, path).eval()
 

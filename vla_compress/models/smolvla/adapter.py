@@ -22,6 +22,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError, ObservationError
 from ...fileio import read_json, save_safetensors, write_json
+from ...passes.checkpoint import restore_compression, save_compression
 from ...passes.tokens.state import restore_token_state, save_token_state
 from ..base import ActionSpec, TokenCounts, VLAAdapter
 from ..reference.adapter import load_strict
@@ -154,15 +155,16 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         return {**processor_files(self.cfg.to_dict(), {}), **self.files}
 
     def save_pretrained(self, path: str | Path) -> Path:
-        """LeRobot's layout again (config.json last: it marks a complete checkpoint), plus vlm/."""
-        if any(getattr(m, "is_quantized", False) for m in self.modules()):
-            raise ConfigError("a quantized SmolVLA cannot be saved in LeRobot's format; export it instead")
+        """LeRobot's layout again (config.json last: it marks a complete checkpoint), plus vlm/.
+        A quantized model's model.safetensors holds its integer weights and scales under the module
+        names quantization.json lists: vla-compress reloads it, LeRobot's own loader would not."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         ckpt.write_files(self.side_files(), path)
         ckpt.write_files({f"{ckpt.VLM_SUBDIR}/{n}": b for n, b in self.vlm_files.items()}, path)
         save_safetensors(checkpoint_view(self).state_dict(), path / ckpt.WEIGHTS, metadata={"format": "pt"})
         save_token_state(self, path)  # token_reduction.json: visual keep set / ToMe schedule, when reduced
+        save_compression(self, path)  # quantization.json (quantized modules) / compression.json (the pass log)
         write_json(path / "config.json", self.cfg.to_dict())
         return path
 
@@ -193,6 +195,7 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         except ConfigError as e:
             raise CheckpointError(path / "config.json", str(e)) from None
         model = model.to(dtype or torch.float32).to_empty(device="cpu")
+        restore_compression(model, path)  # quantized modules and the pass log, before the strict load
         load_strict(checkpoint_view(model), state, weights_file)
         return restore_token_state(model, path).eval()
 
