@@ -77,7 +77,8 @@ def test_every_stage_ran_and_the_manifest_records_it(finished_run):
     carry = m["variants"]["onnx-fp32"]
     art = json.loads((Path(carry["path"]) / "artifact.json").read_text())
     assert art["quantization_carry"]["layers"] and not art["quantization_carry"]["not_carried"]
-    assert (finished_run / "report.html").is_file()
+    page = (finished_run / "report.html").read_text()
+    assert f"<td>{log[0]['fidelity']['action_l1']:.4f}</td>" in page  # the passes table shows the fidelity
 
 
 def test_rerun_reuses_every_stage(finished_run, tiny_checkpoints, recipe_file):

@@ -7,10 +7,11 @@
                          "token_merge": {"r_per_layer": [...], "mode": "unmerge"|"reduce"} | null}
 
 Structured pruning needs no file of its own: it writes the new layer count and per-layer sizes into
-config.json (prune/surgery.py sync_config), and visual-token pruning keeps its index set in the
-state dict (`visual_keep`) and its budget in config.json. ToMe (token-merge) changes the vision
-encoder's computation, not its weights, so its per-layer merge schedule is recorded here and the
-encoder wrapper is put back on load.
+the family's config.json (prune/family_config.py sync_config). The reference family keeps its
+visual-token keep set in the state dict (`visual_keep`) and its budget in config.json, and its ToMe
+schedule (token-merge changes the encoder's computation, not its weights) here, so the encoder
+wrapper is put back on load; OpenVLA / OpenVLA-OFT / SmolVLA keep both in token_reduction.json
+(tokens/state.py), since their native layouts have no place for them.
 
 A family's save_pretrained calls `save_compression(vla, dir)` and its from_pretrained calls
 `restore_compression(vla, dir)` on the freshly built model before loading the state dict.

@@ -139,11 +139,20 @@ def build_view(m: dict) -> dict:
                        "mem": _fmt_bytes(r.get("memory_bytes")), "dev_mem": _fmt_bytes(r.get("device_memory_bytes"))}
                       for r in est_all],
         "gates": gates, "stages": stages,
-        "passes": ((m.get("variants") or {}).get("compressed") or {}).get("passes") or [],
+        "passes": [pass_row(p) for p in ((m.get("variants") or {}).get("compressed") or {}).get("passes") or []],
         "manifest_json": json.dumps({k: v for k, v in m.items() if k not in ("evaluations",)}, indent=1,
                                     sort_keys=True, default=str),
         "tasks": tasks,
     }
+
+
+def pass_row(entry: dict) -> dict:
+    """A compression-log entry with its on-disk sizes and offline fidelity formatted for the table."""
+    fid = entry.get("fidelity") or {}
+    l1, agree = fid.get("action_l1"), fid.get("token_agreement")
+    return {**entry, "disk_before": _fmt_bytes((entry.get("before") or {}).get("size_on_disk_bytes")),
+            "disk_after": _fmt_bytes((entry.get("after") or {}).get("size_on_disk_bytes")),
+            "action_l1": "–" if l1 is None else f"{l1:.4f}", "token_agreement": "–" if agree is None else f"{agree:.1%}"}
 
 
 def summary_card(m: dict, rows: list[dict], deploy: str | None, target: dict) -> dict:
