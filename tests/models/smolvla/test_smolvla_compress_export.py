@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from vla_compress.errors import ConfigError
 from vla_compress.export import export, validate
 from vla_compress.export.onnx import OnnxExportConfig
 from vla_compress.models.smolvla import SmolVLA
@@ -52,7 +51,8 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     (Int8DynamicActivationInt8WeightConfig(), Int8DynamicLinear, 0.08, 0.998),
     (Int4WeightOnlyConfig(group_size=16), Int4WeightOnlyLinear, 0.6, 0.9),
 ])
-def test_quantization_passes_apply_to_every_component(smolvla_model, observations, config, cls, max_rel_err, min_cos):
+def test_quantization_passes_apply_to_every_component(smolvla_model, observations, config, cls, max_rel_err, min_cos,
+                                                     tmp_path):
     vla = copy.deepcopy(smolvla_model)
     ref = chunk(vla, observations)
     ctx = PassContext(calibration=calibration_dataset(vla, synthetic_observations(vla, 4), 1))
@@ -70,8 +70,11 @@ def test_quantization_passes_apply_to_every_component(smolvla_model, observation
     assert torch.isfinite(got).all()
     assert (got - ref).abs().max() / ref.abs().max() < max_rel_err
     assert cosine(got, ref) > min_cos
-    with pytest.raises(ConfigError, match="quantized SmolVLA cannot be saved"):
-        vla.save_pretrained("/nonexistent/never-written")
+    # saved in LeRobot's layout with quantization.json beside it, and reloaded to the same chunks
+    from vla_compress.models.smolvla.adapter import SmolVLA
+
+    loaded = SmolVLA.from_pretrained(vla.save_pretrained(tmp_path / "q"))
+    assert torch.equal(chunk(loaded, observations), got)
 
 
 @pytest.fixture(scope="session")
