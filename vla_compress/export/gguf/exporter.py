@@ -26,7 +26,7 @@ from ..artifact import Artifact, hash_files, new_manifest, staged_dir
 from ..base import ExportError, Exporter
 from ..family import get_export_family
 from ...passes.quantize.serialize import quantized_modules
-from ..onnx.exporter import _check, _record_failure, _shapes_by_arg, io_signature, source_info, warn_not_carried
+from ..onnx.exporter import _check, _record_failure, _shapes_by_arg, finished, io_signature, source_info
 from ..parity import ParityReport
 from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from ..onnx.carry import carried_tolerance
@@ -102,9 +102,7 @@ class GgufExporter(Exporter):
         except Exception as e:
             _record_failure(out_dir, manifest, e)
             raise ExportError(out_dir, f"GGUF export ({config.precision}) failed: {type(e).__name__}: {e}") from e
-        if manifest.get("quantization_carry"):  # after the artifact is complete: a warning never fails it
-            warn_not_carried(out_dir, manifest["quantization_carry"])
-        return Artifact.load(out_dir)
+        return finished(out_dir, manifest)
 
     def _write_gguf(self, vla: Any, backbone: Any, lm_head: Any, vocab: Any, config: GgufExportConfig, dst: Path,
                     tmp: Path, name: str) -> dict:

@@ -89,9 +89,7 @@ class OnnxExporter(Exporter):
         except Exception as e:
             _record_failure(out_dir, manifest, e)
             raise ExportError(out_dir, f"ONNX export ({config.precision}) failed: {type(e).__name__}: {e}") from e
-        if manifest.get("quantization_carry"):  # after the artifact is complete: a warning never fails it
-            warn_not_carried(out_dir, manifest["quantization_carry"])
-        return Artifact.load(out_dir)
+        return finished(out_dir, manifest)
 
     # --- stages ------------------------------------------------------------------------------
     def _trace(self, vla: Any, config: OnnxExportConfig, out: Path, example: list[dict],
@@ -216,7 +214,15 @@ def base_carry(manifest: dict) -> dict[str, dict]:
     return out
 
 
-def warn_not_carried(out_dir: Path, summary: dict) -> None:
+def finished(out_dir: Path, manifest: dict) -> Artifact:
+    """The complete artifact at `out_dir`, after a warning naming the torch-quantized layers that did
+    not keep their scheme exactly (given only once the artifact is written: a warning never fails it)."""
+    if manifest.get("quantization_carry"):
+        warn_not_carried(out_dir, manifest["quantization_carry"], stacklevel=5)
+    return Artifact.load(out_dir)
+
+
+def warn_not_carried(out_dir: Path, summary: dict, stacklevel: int = 3) -> None:
     """Say clearly which torch-quantized layers did not keep their scheme exactly."""
     problems = {**summary.get("not_carried", {}), **summary.get("inexact", {})}
     if problems:
@@ -226,7 +232,7 @@ def warn_not_carried(out_dir: Path, summary: dict) -> None:
         lines = "; ".join(f"{len(names)} layer(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): {why}"
                           for why, names in by_reason.items())
         warnings.warn(f"{out_dir}: {len(problems)} torch-quantized layer(s) not carried exactly into the export "
-                      f"(artifact.json: quantization_carry): {lines}", QuantizationCarryWarning, stacklevel=3)
+                      f"(artifact.json: quantization_carry): {lines}", QuantizationCarryWarning, stacklevel=stacklevel)
 
 
 class QuantizationCarryWarning(UserWarning):
