@@ -99,7 +99,7 @@ def test_expert_episode_reach():
     from vla_compress.data.collect import expert_episode
 
     seed = demo_seed("reach-v3", 0)
-    ep = expert_episode("reach-v3", seed, CameraSpec("corner", 128))
+    ep = expert_episode("reach-v3", seed, (CameraSpec("corner", 128), CameraSpec("gripperPOV", 64)))
     assert ep.extras == {"env_task": "reach-v3", "seed": seed, "success": True}
     assert ep.task == "reach to the target location"
     n = len(ep)
@@ -107,6 +107,8 @@ def test_expert_episode_reach():
     frames = ep.images["corner"]
     assert frames.shape == (n, 128, 128, 3) and frames.dtype == np.uint8
     assert frames.std() > 0  # a rendered scene, not a blank buffer
+    wrist = ep.images["gripperPOV"]  # the wrist camera moves with the hand
+    assert wrist.shape == (n, 64, 64, 3) and wrist.std() > 0 and not np.array_equal(wrist[0], wrist[-1])
     assert ep.state.shape == (n, 4) and ep.state.dtype == np.float32  # hand xyz + gripper only
     assert ep.action.shape == (n, 4) and ep.action.dtype == np.float32
     assert np.abs(ep.action).max() <= 1.0  # stored clipped, as executed
@@ -123,3 +125,16 @@ def test_evaluate_in_worker_processes(tiny_checkpoints):
     assert [(e["task"], e["seed"]) for e in result["episodes"]] == [
         (t, eval_seed(t, i)) for t in ("reach-v3", "push-v3") for i in range(2)]
     assert all(1 <= e["steps"] <= 4 and e["inferences"] >= 1 for e in result["episodes"])
+
+
+def test_env_bad_camera_names_are_refused():
+    from vla_compress.errors import SimulationError
+
+    with pytest.raises(SimulationError, match="camera names repeat"):
+        MetaWorldEnv("reach-v3", (CameraSpec("corner", 64), CameraSpec("corner", 32)))
+    env = MetaWorldEnv("reach-v3", CameraSpec("wrist-cam", 32), max_steps=3)
+    try:
+        with pytest.raises(SimulationError, match="has no camera 'wrist-cam'"):
+            env.reset(eval_seed("reach-v3", 0))
+    finally:
+        env.close()

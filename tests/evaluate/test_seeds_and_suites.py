@@ -46,7 +46,7 @@ def test_suite_passes_env_kwargs_to_factory():
     suite = get_suite("metaworld-mt10", ["reach-v3"], max_steps=15, size=64)
     env = suite.make_env("reach-v3")  # constructing does not start the simulator
     assert isinstance(env, MetaWorldEnv)
-    assert env.max_steps == 15 and env.camera.size == 64 and env.camera.name == "corner"
+    assert env.max_steps == 15 and env.cameras[0].size == 64 and env.cameras[0].name == "corner"
     assert env.instruction == "reach to the target location"
 
 

@@ -135,7 +135,8 @@ def print_eval_table(console, result: dict) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--episodes-per-task", default=50, show_default=True)
 @click.option("--extra-hard", default=0, show_default=True, help="Extra episodes for reach, push, pick-place and peg-insert-side.")
-@click.option("--camera", default="corner", show_default=True)
+@click.option("--camera", default="corner,gripperPOV", show_default=True,
+              help="Comma-separated MetaWorld camera names, e.g. corner (third person) and gripperPOV (wrist).")
 @click.option("--image-size", default=128, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--overwrite", is_flag=True)
@@ -149,7 +150,8 @@ def collect_demos(out: Path, episodes_per_task: int, extra_hard: int, camera: st
     want = {t: episodes_per_task + (extra_hard if t in HARD_TASKS else 0) for t in MT10_TASKS}
     with Progress(console=_console()) as progress:
         bar = progress.add_task("expert episodes", total=sum(want.values()))
-        collect(out, MT10_TASKS, want, CameraSpec(camera, image_size), workers, overwrite=overwrite,
+        cams = tuple(CameraSpec(c.strip(), image_size) for c in camera.split(",") if c.strip())
+        collect(out, MT10_TASKS, want, cams, workers, overwrite=overwrite,
                 on_episode=lambda ep: progress.advance(bar) if ep.extras["success"] else None)
     click.echo(f"wrote {out}")
 
@@ -168,13 +170,17 @@ HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
 @click.option("--threads", default=2, show_default=True)
 @click.option("--init-from", default="", help="Start vision/projector/backbone from this checkpoint.")
 @click.option("--save-every", default=0, show_default=True, help="Also save snapshots every N steps.")
+@click.option("--cameras", default="", help="Comma-separated cameras the model reads (default: the preset's, "
+                                            "corner,gripperPOV).")
+@click.option("--warmup", default=200, show_default=True, help="Linear learning-rate warm-up steps.")
 def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int,
-                    init_from: str, save_every: int) -> None:
+                    init_from: str, save_every: int, cameras: str, warmup: int) -> None:
     """Train reference-small by behaviour cloning (seeded, reproducible; CPU or GPU)."""
     from ..train.bc import TrainConfig, train
 
     cfg = TrainConfig(head=head, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, init_from=init_from,
-                      save_every=save_every)
+                      save_every=save_every, warmup=warmup,
+                      cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()))
     path = train(dataset, out, cfg, log=lambda m: click.echo(m))
     click.echo(f"wrote {path}")
 

@@ -13,24 +13,27 @@ from typing import Callable
 
 import numpy as np
 
-from ..evaluate.metaworld_env import CONTROL_HZ, MT10_TASKS, CameraSpec, MetaWorldEnv
+from ..evaluate.metaworld_env import CONTROL_HZ, MT10_TASKS, CameraSpec, MetaWorldEnv, camera_specs
 from ..evaluate.seeds import demo_seed
 from .lerobot import Episode, LeRobotWriter
 
 
-def expert_episode(task: str, seed: int, camera: CameraSpec, max_steps: int = 300) -> Episode:
+def expert_episode(task: str, seed: int, camera: CameraSpec | tuple[CameraSpec, ...], max_steps: int = 300) -> Episode:
     """Roll out MetaWorld's scripted expert once; actions are stored clipped to [-1, 1] (what the env executes)."""
     env = MetaWorldEnv(task, camera, max_steps)  # selects the GL backend before metaworld imports mujoco
     from metaworld.policies import ENV_POLICY_MAP
 
     expert = ENV_POLICY_MAP[task]()
     obs, raw = env.reset(seed)
-    frames, states, actions = [], [], []
+    cams = env.cameras
+    frames: dict[str, list] = {c.name: [] for c in cams}
+    states, actions = [], []
     success = False
     try:
         for _ in range(max_steps):
             action = np.clip(expert.get_action(raw), -1.0, 1.0).astype(np.float32)
-            frames.append(obs["images"][camera.name])
+            for c in cams:
+                frames[c.name].append(obs["images"][c.name])
             states.append(obs["state"])
             actions.append(action)
             obs, raw, success, done = env.step(action)
@@ -40,7 +43,7 @@ def expert_episode(task: str, seed: int, camera: CameraSpec, max_steps: int = 30
         env.close()
     return Episode(
         task=env.instruction,
-        images={camera.name: np.stack(frames)},
+        images={name: np.stack(f) for name, f in frames.items()},
         state=np.stack(states),
         action=np.stack(actions),
         extras={"env_task": task, "seed": int(seed), "success": bool(success)},
@@ -53,15 +56,15 @@ def _worker(args: tuple) -> Episode:
     # gymnasium's passive checker and MetaWorld's experts warn on every step; not actionable here
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
-    task, seed, cam_name, size, max_steps = args
-    return expert_episode(task, seed, CameraSpec(cam_name, size), max_steps)
+    task, seed, cams, max_steps = args
+    return expert_episode(task, seed, tuple(CameraSpec(n, s) for n, s in cams), max_steps)
 
 
 def collect(
     out: str | Path,
     tasks: tuple[str, ...] = MT10_TASKS,
     episodes_per_task: int | dict[str, int] = 50,
-    camera: CameraSpec = CameraSpec(),
+    camera: CameraSpec | tuple[CameraSpec, ...] = CameraSpec(),
     workers: int = 2,
     max_steps: int = 300,
     overwrite: bool = False,
@@ -71,6 +74,7 @@ def collect(
     """Collect successful expert episodes per task (failed expert runs are skipped, their seeds not reused).
     Demo seed indices start at `start_index` (training demos use 0..; the pipeline's calibration and
     validation episodes use 900.. and 950.., so they never share a placement with training data)."""
+    cams = tuple((c.name, c.size) for c in camera_specs(camera))
     want = {t: (episodes_per_task[t] if isinstance(episodes_per_task, dict) else episodes_per_task) for t in tasks}
     writer = LeRobotWriter(out, fps=CONTROL_HZ, robot_type="sawyer", overwrite=overwrite)
     next_i = {t: start_index for t in tasks}
@@ -83,7 +87,7 @@ def collect(
                 missing = want[t] - got[t]
                 # ask for a few extra: the experts fail ~3% of the time (peg-insert-side ~20%)
                 for _ in range(missing + (1 if missing > 3 else 0)):
-                    jobs.append((t, demo_seed(t, next_i[t]), camera.name, camera.size, max_steps))
+                    jobs.append((t, demo_seed(t, next_i[t]), cams, max_steps))
                     next_i[t] += 1
             for ep in pool.imap(_worker, jobs):
                 t = ep.extras["env_task"]

@@ -69,24 +69,35 @@ class CameraSpec:
         return self.name == "corner"
 
 
+def camera_specs(camera: "CameraSpec | tuple[CameraSpec, ...] | list[CameraSpec]") -> tuple[CameraSpec, ...]:
+    """One camera or several, as a tuple (rendered and returned in this order)."""
+    cams = (camera,) if isinstance(camera, CameraSpec) else tuple(camera)
+    if not cams:
+        raise SimulationError("at least one camera is needed")
+    if len({c.name for c in cams}) != len(cams):
+        raise SimulationError(f"camera names repeat: {[c.name for c in cams]}")
+    return cams
+
+
 class MetaWorldEnv:
-    """One MetaWorld task instance, seeded, rendering one camera on the CPU.
+    """One MetaWorld task instance, seeded, rendering one or more cameras on the CPU
+    (e.g. the third-person "corner" view and the wrist-mounted "gripperPOV").
 
     A fresh gymnasium env is made per episode: `gym.make(seed=s)` followed by
     `reset(seed=s)` is the only sequence we found that makes the object/goal placement a
     pure function of `s` (a second reset with the same seed gives another placement).
     """
 
-    def __init__(self, task: str, camera: CameraSpec = CameraSpec(), max_steps: int = 300):
+    def __init__(self, task: str, camera: CameraSpec | tuple[CameraSpec, ...] = CameraSpec(), max_steps: int = 300):
         ensure_gl_backend()
         if task not in MT10_TASKS:
             import metaworld  # noqa: F401  (registers the envs; validates the name below)
         self.task = task
-        self.camera = camera
+        self.cameras = camera_specs(camera)
         self.max_steps = max_steps
         self.instruction = instruction_for(task)
         self._env = None
-        self._renderer = None
+        self._renderers: dict = {}
 
     def reset(self, seed: int) -> tuple[dict, np.ndarray]:
         """Start an episode with a seeded placement; returns (observation, raw 39-d state)."""
@@ -105,10 +116,13 @@ class MetaWorldEnv:
             raise SimulationError(f"cannot create MetaWorld task {self.task!r}: {e}") from None
         raw, _ = self._env.reset(seed=int(seed))
         u = self._env.unwrapped
-        self._renderer = mujoco.Renderer(u.model, self.camera.size, self.camera.size)
-        # Shadows and reflections take a CPU frame from ~100 ms to ~15 ms and carry no task information.
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self._renderers = {}
+        for size in sorted({c.size for c in self.cameras}):
+            r = mujoco.Renderer(u.model, size, size)
+            # Shadows and reflections take a CPU frame from ~100 ms to ~15 ms and carry no task information.
+            r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._renderers[size] = r
         self.steps = 0
         return self._observe(raw), raw
 
@@ -121,26 +135,32 @@ class MetaWorldEnv:
         done = bool(terminated or truncated or success or self.steps >= self.max_steps)
         return self._observe(raw), raw, success, done
 
-    def render(self) -> np.ndarray:
+    def render(self, camera: CameraSpec | None = None) -> np.ndarray:
+        """One camera's RGB frame (the first configured camera when none is named)."""
+        cam = camera or self.cameras[0]
         u = self._env.unwrapped
-        self._renderer.update_scene(u.data, camera=self.camera.name)
-        img = self._renderer.render()
-        return np.ascontiguousarray(img[::-1] if self.camera.flip else img)
+        r = self._renderers[cam.size]
+        try:
+            r.update_scene(u.data, camera=cam.name)
+        except ValueError as e:
+            raise SimulationError(f"MetaWorld task {self.task!r} has no camera {cam.name!r}: {e}") from None
+        img = r.render()
+        return np.ascontiguousarray(img[::-1] if cam.flip else img)
 
     def _observe(self, raw: np.ndarray) -> dict:
         return {
-            "images": {self.camera.name: self.render()},
+            "images": {c.name: self.render(c) for c in self.cameras},
             "state": np.asarray(raw[:PROPRIO_DIM], dtype=np.float32),
             "instruction": self.instruction,
         }
 
     def close(self) -> None:
-        if self._renderer is not None:
+        for r in getattr(self, "_renderers", {}).values():
             try:
-                self._renderer.close()
+                r.close()
             except Exception:  # EGL teardown errors at exit are harmless
                 pass
-            self._renderer = None
+        self._renderers = {}
         if self._env is not None:
             self._env.close()
             self._env = None

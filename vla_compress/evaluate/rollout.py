@@ -76,11 +76,22 @@ def _init_worker(spec: PolicySpec, suite_args: dict, threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER["policy"] = spec.build()
     _WORKER["suite"] = get_suite(**suite_args)
+    _WORKER["cameras"] = policy_cameras(_WORKER["policy"])
+
+
+def policy_cameras(policy) -> tuple[str, ...] | None:
+    """The camera names a policy reads, when its model config names them (the reference family's
+    `vision.cameras`); None lets the suite render its default camera."""
+    for owner in (getattr(policy, "vla", None), getattr(policy, "processor", None)):
+        cams = getattr(getattr(getattr(owner, "cfg", None), "vision", None), "cameras", None)
+        if cams:
+            return tuple(cams)
+    return None
 
 
 def _run_job(job: tuple[str, int]) -> EpisodeResult:
     task, seed = job
-    return run_episode(_WORKER["policy"], _WORKER["suite"].make_env(task), seed)
+    return run_episode(_WORKER["policy"], _WORKER["suite"].make_env(task, _WORKER["cameras"]), seed)
 
 
 def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[str] | None = None,

@@ -26,7 +26,8 @@ class Env(Protocol):
 class Suite:
     name: str
     tasks: tuple[str, ...]
-    make_env: Callable[[str], Env] = field(repr=False, compare=False)
+    # make_env(task, cameras=None): cameras are the names the policy reads (None: the suite's default)
+    make_env: Callable[..., Env] = field(repr=False, compare=False)
     seed_fn: Callable[[str, int], int] = field(repr=False, compare=False)
 
     def seeds(self, task: str, episodes: int) -> list[int]:
@@ -34,7 +35,10 @@ class Suite:
 
 
 def _metaworld(tasks: tuple[str, ...], name: str, camera: str = "corner", size: int = 128, max_steps: int = 300) -> Suite:
-    return Suite(name, tasks, lambda t: MetaWorldEnv(t, CameraSpec(camera, size), max_steps), eval_seed)
+    def make_env(task: str, cameras: tuple[str, ...] | None = None) -> MetaWorldEnv:
+        return MetaWorldEnv(task, tuple(CameraSpec(c, size) for c in (cameras or (camera,))), max_steps)
+
+    return Suite(name, tasks, make_env, eval_seed)
 
 
 SUITES: dict[str, Callable[..., Suite]] = {

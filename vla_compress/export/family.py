@@ -112,9 +112,9 @@ def _reference_examples(vla: Any, n: int = 2) -> list[dict]:
     instructions so a batch has left padding, in-range state."""
     rng = np.random.default_rng(0)
     cfg = vla.cfg
-    size, cam = cfg.vision.image_size, cfg.vision.camera
+    size = cfg.vision.image_size
     texts = ["pick up the object and place it at the goal", "open the door"]
-    return [{"images": {cam: rng.integers(0, 256, (size, size, 3), dtype=np.uint8)},
+    return [{"images": {cam: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for cam in cfg.vision.cameras},
              "state": rng.uniform(-1, 1, cfg.proprio_dim).astype(np.float32), "instruction": texts[i % 2]}
             for i in range(n)]
 

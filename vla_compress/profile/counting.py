@@ -34,7 +34,7 @@ def dummy_observation(vla, instruction: str | None = None) -> dict:
     s = cfg.vision.image_size
     from ..models.reference.adapter import DEFAULT_INSTRUCTION
 
-    return {"images": {cfg.vision.camera: np.zeros((s, s, 3), np.uint8)},
+    return {"images": {cam: np.zeros((s, s, 3), np.uint8) for cam in cfg.vision.cameras},
             "state": np.zeros(cfg.proprio_dim, np.float32), "instruction": instruction or DEFAULT_INSTRUCTION}
 
 

@@ -127,9 +127,11 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
         return cls.build(cfg, seed=seed)
 
     @classmethod
-    def tiny(cls, seed: int = 0, head: str = "regression", **overrides: Any) -> "ReferenceVLA":
+    def tiny(cls, seed: int = 0, head: str = "regression", cameras: tuple[str, ...] = ("corner",),
+             **overrides: Any) -> "ReferenceVLA":
         cfg = ReferenceConfig(
-            vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2),
+            vision=VisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2,
+                                cameras=tuple(cameras)),
             backbone=BackboneConfig(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2),
             head=head, chunk_size=2, preset="tiny", **overrides,
         )

@@ -27,7 +27,10 @@ class VisionConfig:
     intermediate_size: int = 768
     num_layers: int = 4
     num_heads: int = 3
-    camera: str = "corner"
+    # Cameras read, in this order (e.g. a third-person "corner" view and a wrist "gripperPOV").
+    # Every camera goes through the same ViT; their visual tokens are concatenated, camera by
+    # camera, and pixel_values stacks the cameras on the channel axis: (B, 3 * cameras, S, S).
+    cameras: tuple[str, ...] = ("corner",)
     # Set by structured pruning (vla_compress.passes.prune): the width of one head once heads
     # were removed (0 = hidden_size // num_heads), and each layer's size when layers were pruned
     # unevenly (empty = every layer has num_heads / intermediate_size).
@@ -36,10 +39,18 @@ class VisionConfig:
     layer_intermediate_sizes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        _tuples(self, "layer_num_heads", "layer_intermediate_sizes")
+        _tuples(self, "cameras", "layer_num_heads", "layer_intermediate_sizes")
+        if not self.cameras or len(set(self.cameras)) != len(self.cameras) or not all(
+                isinstance(c, str) and c for c in self.cameras):
+            raise ConfigError(f"vision.cameras must be distinct, non-empty camera names, got {list(self.cameras)}")
+
+    @property
+    def num_cameras(self) -> int:
+        return len(self.cameras)
 
     @property
     def num_patches(self) -> int:
+        """Patches of one camera's image."""
         return (self.image_size // self.patch_size) ** 2
 
     @property
@@ -143,7 +154,8 @@ class ReferenceConfig:
 
     @property
     def visual_tokens(self) -> int:
-        full = self.vision.num_patches // (self.token_merge**2)
+        """Visual tokens the backbone sees, all cameras together."""
+        full = self.vision.num_cameras * self.vision.num_patches // (self.token_merge**2)
         return min(full, self.visual_token_budget) if self.visual_token_budget else full
 
     @property
@@ -168,8 +180,13 @@ class ReferenceConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
+        v = dict(d.pop("vision", {}))
+        if "camera" in v:  # format 1 checkpoints written before multi-camera support: one camera
+            if "cameras" in v:
+                raise ConfigError("vision has both 'camera' and 'cameras'")
+            v["cameras"] = [v.pop("camera")]
         try:
-            vision = VisionConfig(**d.pop("vision", {}))
+            vision = VisionConfig(**v)
             backbone = BackboneConfig(**d.pop("backbone", {}))
         except TypeError as e:
             raise ConfigError(f"bad vision/backbone section: {e}") from None
@@ -179,8 +196,10 @@ class ReferenceConfig:
 # Size presets. Only reference-small is trained and shipped; the others are random-weight
 # models at realistic scale for latency and memory work.
 PRESETS: dict[str, ReferenceConfig] = {
-    # 128x128 corner camera, 16x16 patches (64 patches), 2x2 merge -> 16 visual tokens.
-    "reference-small": ReferenceConfig(token_merge=2, preset="reference-small"),
+    # Two 128x128 cameras (third-person corner + wrist), 16x16 patches (64 per camera), 2x2
+    # merge -> 16 visual tokens per camera, 32 in all.
+    "reference-small": ReferenceConfig(vision=VisionConfig(cameras=("corner", "gripperPOV")), token_merge=2,
+                                       preset="reference-small"),
     # ~100M: ViT 512-d x 8 layers (~25M) + Llama 768-d x 12 layers (~75M)
     "reference-100m": ReferenceConfig(
         vision=VisionConfig(image_size=224, patch_size=16, hidden_size=512, intermediate_size=2048, num_layers=8, num_heads=8),

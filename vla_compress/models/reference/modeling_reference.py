@@ -150,8 +150,17 @@ class ReferenceVLAModule(nn.Module):
 
     # --- the prefix --------------------------------------------------------------------------
     def visual_tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3 * cameras, S, S) -> (B, visual tokens, D): each camera through the shared ViT and
+        projector, tokens concatenated camera by camera (then the pruning keep set, if any)."""
+        n = self.cfg.vision.num_cameras
+        b = pixel_values.shape[0]
+        if n > 1:
+            s = self.cfg.vision.image_size
+            pixel_values = pixel_values.reshape(b * n, 3, s, s)
         patches = self.vision_encoder(pixel_values=pixel_values).last_hidden_state
         tokens = self.projector(patches)
+        if n > 1:
+            tokens = tokens.reshape(b, n * tokens.shape[1], tokens.shape[2])
         if self.visual_keep.numel():
             tokens = tokens.index_select(1, self.visual_keep)
         return tokens

@@ -73,11 +73,12 @@ def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillD
 
     ds, train_eps, val_eps = choose_episodes(dataset, config)
     chosen = sorted(int(i) for i in np.concatenate([train_eps, val_eps]))
-    camera = vla.cfg.vision.camera
-    if f"observation.images.{camera}" not in ds.camera_keys and camera not in ds.camera_keys:
-        raise DatasetError(ds.root, f"no images from camera {camera!r}, which the model reads "
-                                    f"(dataset cameras: {ds.camera_keys})")
-    frames, loaded = load_frames(ds.root, camera, log.info, episodes=chosen)
+    cameras = vla.cfg.vision.cameras
+    for camera in cameras:
+        if f"observation.images.{camera}" not in ds.camera_keys and camera not in ds.camera_keys:
+            raise DatasetError(ds.root, f"no images from camera {camera!r}, which the model reads "
+                                        f"(dataset cameras: {ds.camera_keys})")
+    frames, loaded = load_frames(ds.root, cameras, log.info, episodes=chosen)
     # the held-out episodes are the last ones of each task in the full dataset, hence in the subset too
     train_local, val_local = split_episodes(loaded, config.val_episodes_per_task)
     if len(train_local) != len(train_eps) or len(val_local) != len(val_eps):

@@ -135,7 +135,8 @@ def merge_tokens(vla: Any, config: TokenMergeConfig, context: PassContext) -> An
     ve.encoder = ToMeEncoder(ve.encoder, rs, unmerge=config.mode == "unmerge")
     out_tokens = n_patches - sum(rs)
     if config.mode == "reduce":
-        new_cfg = replace(cfg, visual_token_budget=out_tokens)
+        # every camera's image goes through the merging ViT: out_tokens each
+        new_cfg = replace(cfg, visual_token_budget=out_tokens * cfg.vision.num_cameras)
         vla.cfg = new_cfg
         vla.processor.cfg = new_cfg
     context.notes.update({"r_per_layer": rs,
