@@ -144,7 +144,7 @@ def test_corrupt_tokenizer(ckpt):
 
 def test_observation_missing_camera(tiny_model, make_obs):
     obs = make_obs(0, camera="topview")
-    with pytest.raises(ObservationError, match="no image from camera 'corner'.*topview"):
+    with pytest.raises(ObservationError, match=r"no image from camera\(s\) \['corner'\].*topview"):
         tiny_model.act(obs)
 
 
@@ -156,7 +156,7 @@ def test_observation_wrong_state_size(tiny_model, make_obs):
 def test_observation_not_rgb(tiny_model, make_obs):
     obs = make_obs(0)
     obs["images"]["corner"] = obs["images"]["corner"][..., 0]
-    with pytest.raises(ObservationError, match="expected images of shape"):
+    with pytest.raises(ObservationError, match=r"camera 'corner': expected an image of shape \(H, W, 3\), got \(32, 32\)"):
         tiny_model.act(obs)
 
 

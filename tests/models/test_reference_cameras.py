@@ -136,8 +136,8 @@ def test_onnx_export_of_two_cameras_matches_torch(two_cam, tmp_path):
 
 
 def test_rollout_workers_render_the_cameras_the_policy_reads(two_cam):
-    from vla_compress.evaluate.rollout import policy_cameras
+    from vla_compress.evaluate.metaworld_env import cameras_read_by
     from vla_compress.runtime.policy import TorchPolicy
 
-    assert policy_cameras(TorchPolicy(two_cam)) == CAMS
-    assert policy_cameras(object()) is None
+    assert cameras_read_by(TorchPolicy(two_cam)) == CAMS == cameras_read_by(two_cam)
+    assert cameras_read_by(object()) is None

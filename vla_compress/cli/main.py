@@ -65,11 +65,17 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
         table.add_row(name, _fmt_count(c["params"]), str(c["calls"]), _fmt_count(c["flops"]), _fmt_count(c["weight_bytes_read"], "B"))
     table.add_row("[bold]total", _fmt_count(count.params), "", _fmt_count(count.flops), _fmt_count(count.weight_bytes, "B"))
     console.print(table)
+    from ..evaluate.metaworld_env import cameras_read_by
+
+    cams = cameras_read_by(vla)
+    if cams:
+        console.print(f"cameras: {', '.join(cams)}")
     console.print(f"tokens: {tokens.to_dict()}")
     console.print(f"action: {vla.action_spec.to_dict()}")
     if json_out:
         write_json(json_out, {"checkpoint": str(checkpoint), "family": vla.family, "count": count.to_dict(),
-                              "tokens": tokens.to_dict(), "action_spec": vla.action_spec.to_dict()})
+                              "tokens": tokens.to_dict(), "action_spec": vla.action_spec.to_dict(),
+                              "cameras": list(cams) if cams else None})
 
 
 @main.command("eval")

@@ -37,9 +37,13 @@ def sweep(checkpoint: Path, dataset: Path | None, kinds: str, samples: int, cali
     with tempfile.TemporaryDirectory() as tmp:
         if dataset is None:
             from ..data.collect import collect
+            from ..evaluate.metaworld_env import CameraSpec, cameras_read_by
 
             console.print("collecting 1 scripted-expert episode per MT10 task for held-out frames")
-            dataset = collect(Path(tmp) / "frames", episodes_per_task=1, workers=2, start_index=950)
+            cams = cameras_read_by(vla)
+            dataset = collect(Path(tmp) / "frames", episodes_per_task=1,
+                              camera=tuple(CameraSpec(c) for c in cams) if cams else CameraSpec(),
+                              workers=2, start_index=950)
         held_out = observations_from_lerobot(dataset, samples, seed=1)
         calibration = observations_from_lerobot(dataset, calibration_samples, seed=2)
         with Progress(console=console, transient=True) as progress:

@@ -79,6 +79,16 @@ def camera_specs(camera: "CameraSpec | tuple[CameraSpec, ...] | list[CameraSpec]
     return cams
 
 
+def cameras_read_by(obj: object) -> tuple[str, ...] | None:
+    """The MetaWorld camera names a model, policy or artifact processor reads, when its config
+    names them (the reference family's `vision.cameras`); None means the default camera."""
+    for owner in (obj, getattr(obj, "vla", None), getattr(obj, "processor", None)):
+        cams = getattr(getattr(getattr(owner, "cfg", None), "vision", None), "cameras", None)
+        if cams:
+            return tuple(cams)
+    return None
+
+
 class MetaWorldEnv:
     """One MetaWorld task instance, seeded, rendering one or more cameras on the CPU
     (e.g. the third-person "corner" view and the wrist-mounted "gripperPOV").

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .stats import wilson_interval
+from .metaworld_env import cameras_read_by
 from .suites import Suite, get_suite
 
 
@@ -76,17 +77,7 @@ def _init_worker(spec: PolicySpec, suite_args: dict, threads: int) -> None:
     torch.set_num_threads(threads)
     _WORKER["policy"] = spec.build()
     _WORKER["suite"] = get_suite(**suite_args)
-    _WORKER["cameras"] = policy_cameras(_WORKER["policy"])
-
-
-def policy_cameras(policy) -> tuple[str, ...] | None:
-    """The camera names a policy reads, when its model config names them (the reference family's
-    `vision.cameras`); None lets the suite render its default camera."""
-    for owner in (getattr(policy, "vla", None), getattr(policy, "processor", None)):
-        cams = getattr(getattr(getattr(owner, "cfg", None), "vision", None), "cameras", None)
-        if cams:
-            return tuple(cams)
-    return None
+    _WORKER["cameras"] = cameras_read_by(_WORKER["policy"])
 
 
 def _run_job(job: tuple[str, int]) -> EpisodeResult:

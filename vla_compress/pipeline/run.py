@@ -90,9 +90,11 @@ class Pipeline:
 
         def fn(work: Path) -> dict:
             from ..data.collect import collect
+            from ..evaluate.metaworld_env import CameraSpec
             from ..evaluate.suites import get_suite
 
             tasks = tuple(get_suite(ev["suite"], ev["tasks"]).tasks)
+            cameras = tuple(CameraSpec(c) for c in cams) if cams else CameraSpec()
             out = {}
             sets = (("calibration", CALIBRATION_INDEX), ("validation", VALIDATION_INDEX))
             if cal.get("dataset"):  # the user's dataset calibrates/trains; only validation is collected
@@ -100,14 +102,19 @@ class Pipeline:
                 sets = sets[1:]
             for which, start in sets:
                 self.hooks.say(f"collecting {cal['episodes_per_task']} expert episode(s) per task for {which}")
-                collect(work / which, tasks, cal["episodes_per_task"], workers=max(1, ev["workers"]),
+                collect(work / which, tasks, cal["episodes_per_task"], camera=cameras, workers=max(1, ev["workers"]),
                         start_index=start)
                 out[which] = {"path": which, "tasks": list(tasks), "episodes_per_task": cal["episodes_per_task"],
                               "first_demo_index": start}
             return out
 
+        from ..evaluate.metaworld_env import cameras_read_by
+
+        cams = cameras_read_by(self.baseline_vla())  # the episodes carry every camera the model reads
         material = {"calibration": cal, "suite": ev["suite"], "tasks": ev["tasks"],
                     "dataset": dataset_fingerprint(cal.get("dataset"))}
+        if cams:
+            material["cameras"] = list(cams)
         return self.run_.stage("calibration-data", "collect calibration/validation episodes (scripted experts)",
                                material, fn)
 

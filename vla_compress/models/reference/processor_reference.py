@@ -67,6 +67,9 @@ class ReferenceProcessor:
                 raise ObservationError(f"observation has no image from camera(s) {missing} (has {sorted(images)}); "
                                        f"the model reads {list(cams)}")
             per_cam = [np.asarray(images[c]) for c in cams]
+            for c, f in zip(cams, per_cam):
+                if f.ndim != 3 or f.shape[-1] != 3:
+                    raise ObservationError(f"camera {c!r}: expected an image of shape (H, W, 3), got {f.shape}")
             if len({f.shape for f in per_cam}) != 1:
                 raise ObservationError(f"the cameras' images must share a shape, got "
                                        f"{ {c: f.shape for c, f in zip(cams, per_cam)} }")
