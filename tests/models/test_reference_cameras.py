@@ -27,9 +27,12 @@ def two_cam() -> ReferenceVLA:
     return ReferenceVLA.tiny(cameras=CAMS, token_merge=2)
 
 
-def test_preset_reads_a_third_person_and_a_wrist_camera():
+def test_training_config_adds_the_wrist_camera_to_the_preset():
+    from dataclasses import replace
+
     cfg = PRESETS["reference-small"]
-    assert cfg.vision.cameras == CAMS and cfg.visual_tokens == 2 * 16
+    assert cfg.vision.cameras == ("corner",) and cfg.visual_tokens == 16
+    assert replace(cfg, vision=replace(cfg.vision, cameras=CAMS)).visual_tokens == 2 * 16
 
 
 def test_inputs_stack_cameras_and_tokens_concatenate(two_cam):

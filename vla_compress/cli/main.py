@@ -141,8 +141,8 @@ def print_eval_table(console, result: dict) -> None:
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--episodes-per-task", default=50, show_default=True)
 @click.option("--extra-hard", default=0, show_default=True, help="Extra episodes for reach, push, pick-place and peg-insert-side.")
-@click.option("--camera", default="corner,gripperPOV", show_default=True,
-              help="Comma-separated MetaWorld camera names, e.g. corner (third person) and gripperPOV (wrist).")
+@click.option("--camera", default="corner", show_default=True,
+              help="Comma-separated MetaWorld camera names, e.g. corner,gripperPOV (third person and wrist).")
 @click.option("--image-size", default=128, show_default=True)
 @click.option("--workers", default=2, show_default=True)
 @click.option("--overwrite", is_flag=True)
@@ -177,7 +177,7 @@ HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
 @click.option("--init-from", default="", help="Start vision/projector/backbone from this checkpoint.")
 @click.option("--save-every", default=0, show_default=True, help="Also save snapshots every N steps.")
 @click.option("--cameras", default="", help="Comma-separated cameras the model reads (default: the preset's, "
-                                            "corner,gripperPOV).")
+                                            "corner), e.g. corner,gripperPOV.")
 @click.option("--warmup", default=200, show_default=True, help="Linear learning-rate warm-up steps.")
 def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int,
                     init_from: str, save_every: int, cameras: str, warmup: int) -> None:

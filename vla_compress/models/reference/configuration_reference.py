@@ -196,10 +196,9 @@ class ReferenceConfig:
 # Size presets. Only reference-small is trained and shipped; the others are random-weight
 # models at realistic scale for latency and memory work.
 PRESETS: dict[str, ReferenceConfig] = {
-    # Two 128x128 cameras (third-person corner + wrist), 16x16 patches (64 per camera), 2x2
-    # merge -> 16 visual tokens per camera, 32 in all.
-    "reference-small": ReferenceConfig(vision=VisionConfig(cameras=("corner", "gripperPOV")), token_merge=2,
-                                       preset="reference-small"),
+    # 128x128 corner camera, 16x16 patches (64 patches), 2x2 merge -> 16 visual tokens (what
+    # ships). `train-reference --cameras corner,gripperPOV` adds the wrist view: 32 tokens.
+    "reference-small": ReferenceConfig(token_merge=2, preset="reference-small"),
     # ~100M: ViT 512-d x 8 layers (~25M) + Llama 768-d x 12 layers (~75M)
     "reference-100m": ReferenceConfig(
         vision=VisionConfig(image_size=224, patch_size=16, hidden_size=512, intermediate_size=2048, num_layers=8, num_heads=8),
