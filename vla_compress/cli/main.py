@@ -166,7 +166,9 @@ HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
 
 
 @main.command("train-reference")
-@click.option("--dataset", required=True, type=click.Path(path_type=Path), help="LeRobot v3 dataset (collect-demos).")
+@click.option("--dataset", required=True, multiple=True, type=click.Path(path_type=Path),
+              help="LeRobot v3 dataset (collect-demos); repeat to add e.g. collect-dagger episodes (training only; "
+                   "validation comes from the first).")
 @click.option("--out", required=True, type=click.Path(path_type=Path))
 @click.option("--head", type=click.Choice(["regression", "tokens"]), default="regression", show_default=True)
 @click.option("--steps", default=4000, show_default=True)
@@ -179,7 +181,7 @@ HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
 @click.option("--cameras", default="", help="Comma-separated cameras the model reads (default: the preset's, "
                                             "corner), e.g. corner,gripperPOV.")
 @click.option("--warmup", default=200, show_default=True, help="Linear learning-rate warm-up steps.")
-def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int,
+def train_reference(dataset: tuple[Path, ...], out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int,
                     init_from: str, save_every: int, cameras: str, warmup: int) -> None:
     """Train reference-small by behaviour cloning (seeded, reproducible; CPU or GPU)."""
     from ..train.bc import TrainConfig, train
@@ -187,8 +189,42 @@ def train_reference(dataset: Path, out: Path, head: str, steps: int, batch_size:
     cfg = TrainConfig(head=head, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, init_from=init_from,
                       save_every=save_every, warmup=warmup,
                       cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()))
-    path = train(dataset, out, cfg, log=lambda m: click.echo(m))
+    path = train(list(dataset), out, cfg, log=lambda m: click.echo(m))
     click.echo(f"wrote {path}")
+
+
+@main.command("collect-dagger")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--episodes-per-task", default=10, show_default=True)
+@click.option("--tasks", default="", help="Comma-separated MT10 tasks (default: all ten).")
+@click.option("--beta", default=0.0, show_default=True, help="Probability of executing the expert's action at a step.")
+@click.option("--start-index", default=500, show_default=True, help="First demo seed index (training demos use 0..).")
+@click.option("--workers", default=2, show_default=True)
+@click.option("--runtime", default="torch", show_default=True)
+@click.option("--overwrite", is_flag=True)
+def collect_dagger_cmd(checkpoint: Path, out: Path, episodes_per_task: int, tasks: str, beta: float, start_index: int,
+                       workers: int, runtime: str, overwrite: bool) -> None:
+    """Roll out CHECKPOINT in MetaWorld and label every state it reaches with the scripted expert's
+    action (DAgger); writes a LeRobot v3 dataset at OUT for train-reference --dataset."""
+    from rich.progress import Progress
+
+    from ..data.dagger import collect_dagger
+    from ..evaluate.rollout import PolicySpec
+    from ..evaluate.suites import get_suite
+
+    task_list = get_suite("metaworld-mt10", [t.strip() for t in tasks.split(",") if t.strip()] or None).tasks
+    successes = [0]
+
+    def seen(ep) -> None:
+        successes[0] += ep.extras["success"]
+        progress.advance(bar)
+
+    with Progress(console=_console()) as progress:
+        bar = progress.add_task("policy episodes", total=episodes_per_task * len(task_list))
+        collect_dagger(PolicySpec(runtime, str(checkpoint)), out, task_list, episodes_per_task, beta, workers,
+                       start_index, overwrite=overwrite, on_episode=seen)
+    click.echo(f"wrote {out} ({successes[0]}/{episodes_per_task * len(task_list)} episodes succeeded)")
 
 
 from .hardware_cmd import hardware  # noqa: E402

@@ -80,6 +80,26 @@ def load_frames(root: str | Path, cameras: str | tuple[str, ...], log: Callable[
                      np.concatenate(ends), np.concatenate(eps)), meta
 
 
+def load_datasets(roots: list[str | Path], cameras: tuple[str, ...], log: Callable[[str], None] = print
+                  ) -> tuple[FrameData, list[dict], int]:
+    """Several datasets (demonstrations first, then e.g. DAgger episodes) as one FrameData;
+    returns (frames, meta, number of episodes that came from the first dataset)."""
+    parts = [load_frames(r, cameras, log) for r in roots]
+    frames, metas, n_frames, n_eps = [], [], 0, 0
+    for data, meta in parts:
+        frames.append(FrameData(data.images, data.states, data.actions, data.instructions,
+                                data.episode_end + n_frames, data.episode_of + n_eps))
+        metas += [{**m, "index": m["index"] + n_eps} for m in meta]
+        n_frames += len(data.actions)
+        n_eps += len(meta)
+    if len(frames) == 1:
+        return frames[0], metas, n_eps
+    cat = lambda name: np.concatenate([getattr(f, name) for f in frames])  # noqa: E731
+    merged = FrameData(cat("images"), cat("states"), cat("actions"), [i for f in frames for i in f.instructions],
+                       cat("episode_end"), cat("episode_of"))
+    return merged, metas, len(parts[0][1])
+
+
 def split_episodes(meta: list[dict], per_task: int) -> tuple[np.ndarray, np.ndarray]:
     """Hold out the last `per_task` episodes of every task for validation."""
     by_task: dict[str, list[int]] = {}
@@ -90,8 +110,10 @@ def split_episodes(meta: list[dict], per_task: int) -> tuple[np.ndarray, np.ndar
     return np.asarray(train), np.asarray(sorted(val))
 
 
-def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig(),
+def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainConfig(),
           log: Callable[[str], None] = print) -> Path:
+    """Behaviour cloning on `dataset` (one LeRobot root, or several: the first holds the
+    demonstrations the validation episodes come from; the others, e.g. DAgger episodes, only train)."""
     import torch
     import torch.nn.functional as F
 
@@ -104,8 +126,10 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
     mcfg = ReferenceConfig(**{**PRESETS[cfg.preset].__dict__, "head": cfg.head})
     if cfg.cameras:
         mcfg = replace(mcfg, vision=replace(mcfg.vision, cameras=tuple(cfg.cameras)))
-    data, meta = load_frames(dataset, mcfg.vision.cameras, log)
-    train_eps, val_eps = split_episodes(meta, cfg.val_episodes_per_task)
+    roots = [dataset] if isinstance(dataset, (str, Path)) else list(dataset)
+    data, meta, n_first = load_datasets(roots, mcfg.vision.cameras, log)
+    train_eps, val_eps = split_episodes(meta[:n_first], cfg.val_episodes_per_task)
+    train_eps = np.concatenate([train_eps, np.arange(n_first, len(meta))]).astype(int)
     train_idx = np.nonzero(np.isin(data.episode_of, train_eps))[0]
     val_idx = np.nonzero(np.isin(data.episode_of, val_eps))[0]
     log(f"{len(data.actions)} frames, {len(train_eps)} train / {len(val_eps)} val episodes")
@@ -168,7 +192,7 @@ def train(dataset: str | Path, out: str | Path, cfg: TrainConfig = TrainConfig()
             model.train()
     model.eval().cpu()
     model.training_info = {
-        "config": asdict(cfg), "dataset": str(dataset), "frames": int(len(data.actions)),
+        "config": asdict(cfg), "dataset": ", ".join(str(r) for r in roots), "frames": int(len(data.actions)),
         "train_episodes": int(len(train_eps)), "val_episodes": int(len(val_eps)),
         "train_seconds": round(time.time() - t0, 1), "device": str(device),
         "host": {"cpu": platform.processor() or platform.machine(), "threads": cfg.threads},
