@@ -1,11 +1,12 @@
 """Paired comparison of two closed-loop evaluations of the same suite and seeds.
 
-    python bench/compare_success.py OLD.json NEW.json [--out bench/results/compare.json]
+    python bench/compare_success.py OLD.json NEW.json [--first N] [--out bench/results/compare.json]
 
 Each file is what `vla-compress eval --out` or `bench/reference_success.py` writes (the latter:
 the first result in it). Episodes are matched by (task, seed); prints each task's successes in
 both and the paired difference with Newcombe's 95% interval, pooled and per task, and writes
-the table as JSON.
+the table as JSON. `--first N` keeps each task's first N evaluation seeds (compare a short run
+with the first episodes of a longer one).
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("old", type=Path)
     ap.add_argument("new", type=Path)
+    ap.add_argument("--first", type=int, default=0, help="only each task's first N evaluation seeds")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     old, new = load_result(args.old), load_result(args.new)
+    if args.first:
+        from vla_compress.evaluate.seeds import eval_seed
+
+        for r in (old, new):
+            r["episodes"] = [e for e in r["episodes"] if int(e["seed"]) - eval_seed(e["task"], 0) < args.first]
     rows = []
     tasks = list(old["per_task"])
     for task in tasks + [None]:
@@ -50,7 +57,7 @@ def main() -> None:
         print(f"| {r['task']} | {r['old']}/{r['episodes']} | {r['new']}/{r['episodes']} | "
               f"{r['difference'] * 100:+.1f} [{r['ci95'][0] * 100:+.1f}, {r['ci95'][1] * 100:+.1f}] |")
     if args.out:
-        write_json(args.out, {"old": str(args.old), "new": str(args.new), "rows": rows})
+        write_json(args.out, {"old": str(args.old), "new": str(args.new), "first": args.first or None, "rows": rows})
         print(f"wrote {args.out}")
 
 
