@@ -52,12 +52,17 @@ def main() -> None:
         diff, lo, hi = paired_difference_interval(c)
         rows.append({"task": task or "pooled", "episodes": c.n, "old": c.both + c.base_only,
                      "new": c.both + c.variant_only, "difference": diff, "ci95": [lo, hi]})
+    protocol = {k: {"policy_options": (r.get("policy") or {}).get("options", {}), "suite_options": r.get("suite_options", {})}
+                for k, r in (("old", old), ("new", new))}
+    if protocol["old"] != protocol["new"]:
+        print(f"note: the two runs differ in protocol: old {protocol['old']}, new {protocol['new']}")
     print("| task | old | new | paired difference [95% CI] |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['task']} | {r['old']}/{r['episodes']} | {r['new']}/{r['episodes']} | "
               f"{r['difference'] * 100:+.1f} [{r['ci95'][0] * 100:+.1f}, {r['ci95'][1] * 100:+.1f}] |")
     if args.out:
-        write_json(args.out, {"old": str(args.old), "new": str(args.new), "first": args.first or None, "rows": rows})
+        write_json(args.out, {"old": str(args.old), "new": str(args.new), "first": args.first or None,
+                              "protocol": protocol, "rows": rows})
         print(f"wrote {args.out}")
 
 

@@ -89,3 +89,25 @@ def test_eval_missing_checkpoint_fails_fast(runner, tmp_path):
 def test_unknown_command_is_usage_error(runner):
     result = runner.invoke(main, ["compresss"])
     assert result.exit_code == 2 and "No such command" in result.output
+
+
+@pytest.mark.parametrize("args", [["--execute-steps", "0"], ["--max-steps", "0"]])
+def test_eval_rejects_nonpositive_step_options(runner, tiny_checkpoints, args):
+    result = runner.invoke(main, ["eval", str(tiny_checkpoints["regression"]), *args])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --execute-steps and --max-steps must be >= 1"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:gymnasium.utils.passive_env_checker")
+def test_eval_execute_steps_and_max_steps_reach_the_rollout(runner, tiny_checkpoints, tmp_path):
+    """--execute-steps 1 re-plans every step (one inference per env step); --max-steps caps the episode;
+    both are recorded in the JSON so two evaluations are only compared under the same protocol."""
+    out = tmp_path / "eval.json"
+    result = runner.invoke(main, ["eval", str(tiny_checkpoints["regression"]), "--tasks", "reach-v3", "--episodes", "1",
+                                  "--workers", "1", "--execute-steps", "1", "--max-steps", "6", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["policy"]["options"] == {"execute_steps": 1}
+    assert data["suite_options"] == {"max_steps": 6}
+    (ep,) = data["episodes"]
+    assert ep["steps"] <= 6 and ep["inferences"] == ep["steps"]

@@ -85,8 +85,12 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
 @click.option("--episodes", default=10, show_default=True, help="Episodes per task (seeded, disjoint from demo seeds).")
 @click.option("--workers", default=2, show_default=True, help="Parallel worker processes.")
 @click.option("--runtime", default="torch", show_default=True, help="Runtime that runs the checkpoint/artifact.")
+@click.option("--execute-steps", type=int, default=None,
+              help="Actions executed from each predicted chunk before the policy runs again (default: the whole chunk).")
+@click.option("--max-steps", type=int, default=None, help="Episode step limit (default: the suite's, 300 for MetaWorld).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the full result (per task, per episode) as JSON.")
-def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: int, runtime: str, out: Path | None) -> None:
+def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: int, runtime: str,
+             execute_steps: int | None, max_steps: int | None, out: Path | None) -> None:
     """Closed-loop success of CHECKPOINT in simulation, per task with Wilson 95% intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -97,9 +101,12 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
 
     if episodes < 1 or workers < 1:
         raise ConfigError("--episodes and --workers must be >= 1")
+    if (execute_steps is not None and execute_steps < 1) or (max_steps is not None and max_steps < 1):
+        raise ConfigError("--execute-steps and --max-steps must be >= 1")
     if runtime == "torch":
         detect_family(checkpoint)  # fail fast with a clear message before starting workers
-    spec = PolicySpec(runtime, str(checkpoint))
+    spec = PolicySpec(runtime, str(checkpoint), {"execute_steps": execute_steps} if execute_steps else {})
+    suite_kwargs = {"max_steps": max_steps} if max_steps else {}
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] or None
     console = _console()
     succ = [0]
@@ -111,7 +118,7 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
             succ[0] += r.success
             progress.update(bar, completed=done, total=total, rate=f"{succ[0] / done:.0%}")
 
-        result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode)
+        result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode, **suite_kwargs)
     result["checkpoint"] = str(checkpoint)
     print_eval_table(console, result)
     if out:
@@ -181,13 +188,18 @@ HARD_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "peg-insert-side-v3")
 @click.option("--cameras", default="", help="Comma-separated cameras the model reads (default: the preset's, "
                                             "corner), e.g. corner,gripperPOV.")
 @click.option("--warmup", default=200, show_default=True, help="Linear learning-rate warm-up steps.")
+@click.option("--aux-scene", default=0.0, show_default=True,
+              help="Weight of an auxiliary loss that predicts object and goal positions from the visual tokens "
+                   "(targets replayed from the demonstrations; never a model input, not saved). 0 = off.")
+@click.option("--state-noise", default=0.0, show_default=True,
+              help="Std of Gaussian noise on the normalised proprio input during training (0 = off).")
 def train_reference(dataset: tuple[Path, ...], out: Path, head: str, steps: int, batch_size: int, lr: float, seed: int, threads: int,
-                    init_from: str, save_every: int, cameras: str, warmup: int) -> None:
+                    init_from: str, save_every: int, cameras: str, warmup: int, aux_scene: float, state_noise: float) -> None:
     """Train reference-small by behaviour cloning (seeded, reproducible; CPU or GPU)."""
     from ..train.bc import TrainConfig, train
 
     cfg = TrainConfig(head=head, steps=steps, batch_size=batch_size, lr=lr, seed=seed, threads=threads, init_from=init_from,
-                      save_every=save_every, warmup=warmup,
+                      save_every=save_every, warmup=warmup, aux_scene=aux_scene, state_noise=state_noise,
                       cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()))
     path = train(list(dataset), out, cfg, log=lambda m: click.echo(m))
     click.echo(f"wrote {path}")

@@ -89,6 +89,20 @@ def cameras_read_by(obj: object) -> tuple[str, ...] | None:
     return None
 
 
+def make_gym_env(task: str, seed: int, max_steps: int = 300):
+    """The gymnasium MetaWorld env for one task, its placement seeded by `seed` (call
+    `.reset(seed=seed)` next); no renderer (replays that only need states use this directly)."""
+    ensure_gl_backend()
+    import gymnasium as gym
+    import metaworld  # noqa: F401  (registers Meta-World/* ids)
+
+    try:
+        return gym.make("Meta-World/MT1", env_name=task, seed=int(seed), terminate_on_success=True,
+                        max_episode_steps=max_steps)
+    except Exception as e:
+        raise SimulationError(f"cannot create MetaWorld task {task!r}: {e}") from None
+
+
 class MetaWorldEnv:
     """One MetaWorld task instance, seeded, rendering one or more cameras on the CPU
     (e.g. the third-person "corner" view and the wrist-mounted "gripperPOV").
@@ -111,19 +125,10 @@ class MetaWorldEnv:
 
     def reset(self, seed: int) -> tuple[dict, np.ndarray]:
         """Start an episode with a seeded placement; returns (observation, raw 39-d state)."""
-        ensure_gl_backend()
-        import gymnasium as gym
-        import metaworld  # noqa: F401  (registers Meta-World/* ids)
         import mujoco
 
         self.close()
-        try:
-            self._env = gym.make(
-                "Meta-World/MT1", env_name=self.task, seed=int(seed), terminate_on_success=True,
-                max_episode_steps=self.max_steps,
-            )
-        except Exception as e:
-            raise SimulationError(f"cannot create MetaWorld task {self.task!r}: {e}") from None
+        self._env = make_gym_env(self.task, seed, self.max_steps)
         raw, _ = self._env.reset(seed=int(seed))
         u = self._env.unwrapped
         self._renderers = {}

@@ -110,7 +110,9 @@ def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[s
                 results.append(r)
                 if on_episode:
                     on_episode(r, len(results), len(jobs))
-    return summarize(results, suite, spec, episodes, workers, time.time() - t0)
+    result = summarize(results, suite, spec, episodes, workers, time.time() - t0)
+    result["suite_options"] = dict(suite_kwargs)  # e.g. max_steps: part of the protocol, compare like with like
+    return result
 
 
 def summarize(results: list[EpisodeResult], suite: Suite, spec: PolicySpec | None, episodes: int,

@@ -41,6 +41,14 @@ class TrainConfig:
     amp: bool = True
     save_every: int = 0  # also save snapshots to <out>-snapshots/step-N every this many steps (0 = off)
     cameras: tuple[str, ...] = ()  # the cameras the model reads (empty = the preset's)
+    # weight of the auxiliary loss: predict object and goal positions from the visual tokens alone
+    # (targets from replaying the demonstrations, see train/scene.py; 0 = off). Training only: the
+    # policy never sees the positions, and the small head that predicts them is not saved.
+    aux_scene: float = 0.0
+    # std of Gaussian noise added to the normalised proprio input of training frames (0 = off): a
+    # precise end-effector position lets a policy find its place along a demonstration and copy
+    # the next action without looking at the image; a blurred one makes the image necessary
+    state_noise: float = 0.0
 
 
 @dataclass
@@ -120,6 +128,8 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
     from ..models.reference import PRESETS, ReferenceConfig, ReferenceVLA
     from ..models.reference.adapter import default_tokenizer
 
+    if cfg.aux_scene < 0 or cfg.state_noise < 0:
+        raise ValueError(f"aux_scene and state_noise must be >= 0 (got {cfg.aux_scene}, {cfg.state_noise})")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -155,8 +165,14 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
     model.to(device)
     K = mcfg.chunk_size
 
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
+    aux = SceneAux(model, data, meta, train_idx, val_idx, cfg, device, log) if cfg.aux_scene > 0 else None
+
     def batch(idx: np.ndarray, augment: bool):
-        return frame_batch(proc, data, norm_actions, state_norm, idx, K, cfg.shift_px if augment else 0, device)
+        out = frame_batch(proc, data, norm_actions, state_norm, idx, K, cfg.shift_px if augment else 0, device)
+        if augment and cfg.state_noise > 0:
+            out[3] = out[3] + cfg.state_noise * torch.randn(out[3].shape, generator=noise_gen).to(out[3].device)
+        return out
 
     def loss_fn(imgs, text_ids, text_mask, state, act):
         if cfg.head == "regression":
@@ -168,7 +184,8 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
         action_logits = logits[..., -mcfg.n_bins:]
         return F.cross_entropy(action_logits.float().reshape(-1, mcfg.n_bins), bins.reshape(-1))
 
-    opt, sched = adamw_cosine(list(model.parameters()), cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
+    params = list(model.parameters()) + (list(aux.head.parameters()) if aux else [])
+    opt, sched = adamw_cosine(params, cfg.lr, cfg.weight_decay, cfg.warmup, cfg.steps)
     rng = np.random.default_rng(cfg.seed)
     t0 = time.time()
     history = []
@@ -176,16 +193,22 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
         idx = rng.choice(train_idx, size=cfg.batch_size, replace=False)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
             loss = loss_fn(*batch(idx, augment=True))
+            aux_loss = aux.loss(idx) if aux else None
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        (loss if aux_loss is None else loss + cfg.aux_scene * aux_loss).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         if step % 100 == 0 or step == cfg.steps:
             val = evaluate_offline(model, batch, loss_fn, val_idx, cfg.batch_size)
             el = time.time() - t0
             history.append({"step": step, "train_loss": loss.item(), "val_loss": val, "elapsed_s": round(el, 1)})
-            log(f"step {step}/{cfg.steps} loss {loss.item():.4f} val {val:.4f} {el / step:.2f}s/step eta {el / step * (cfg.steps - step) / 60:.1f} min")
+            extra = ""
+            if aux:
+                history[-1]["val_aux_scene"] = aux.val_loss(batch)
+                extra = f" aux {aux_loss.item() if aux_loss is not None else float('nan'):.4f} val-aux {history[-1]['val_aux_scene']:.4f}"
+            log(f"step {step}/{cfg.steps} loss {loss.item():.4f} val {val:.4f}{extra} {el / step:.2f}s/step "
+                f"eta {el / step * (cfg.steps - step) / 60:.1f} min")
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
             model.eval()
             model.save_pretrained(Path(f"{out}-snapshots") / f"step-{step}")
@@ -199,6 +222,73 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
         "history": history,
     }
     return model.save_pretrained(out)
+
+
+class SceneAux:
+    """The auxiliary scene loss (TrainConfig.aux_scene): a small MLP reads the visual tokens the
+    projector just produced (captured by a forward hook, so the model's forward is unchanged) and
+    predicts each frame's normalised object and goal positions; L1 on frames that have a target."""
+
+    def __init__(self, model, data: FrameData, meta: list[dict], train_idx: np.ndarray, val_idx: np.ndarray,
+                 cfg: TrainConfig, device, log: Callable[[str], None]):
+        import torch
+        from torch import nn
+
+        from .scene import SCENE_DIM, scene_targets
+
+        replayable = np.array(["dagger" not in m for m in meta])
+        targets, self.mask = scene_targets(meta, data.episode_of, data.actions, data.states, replayable, log=log)
+        have = train_idx[self.mask[train_idx]]
+        if len(have) == 0:
+            raise ValueError("--aux-scene: no training episode could be replayed for scene targets")
+        self.norm = Normalizer(np.quantile(targets[have], 0.01, 0), np.quantile(targets[have], 0.99, 0))
+        self.targets = self.norm.normalize(targets)
+        self.val_idx = val_idx[self.mask[val_idx]]
+        mc = model.cfg
+        n_tok = mc.visual_tokens
+        torch.manual_seed(cfg.seed + 1)
+        self.head = nn.Sequential(nn.Linear(n_tok * mc.backbone.hidden_size, 256), nn.GELU(),
+                                  nn.Linear(256, SCENE_DIM)).to(device)
+        self.device = device
+        self.model = model
+        self._tokens = None
+        model.projector.register_forward_hook(lambda _m, _i, out: setattr(self, "_tokens", out))
+
+    def _loss_on_captured(self, idx: np.ndarray):
+        import torch
+        import torch.nn.functional as F
+
+        tokens, self._tokens = self._tokens, None
+        keep = torch.from_numpy(self.mask[idx]).to(self.device)
+        if not bool(keep.any()):
+            return None
+        pred = self.head(tokens.reshape(len(idx), -1)[keep].float())
+        return F.l1_loss(pred, torch.from_numpy(self.targets[idx][self.mask[idx]]).to(self.device))
+
+    def loss(self, idx: np.ndarray):
+        """The auxiliary loss of the forward pass that just ran on frames `idx`."""
+        return self._loss_on_captured(idx)
+
+    def val_loss(self, batch) -> float:
+        """Mean auxiliary L1 on (up to 256 of) the validation frames that have targets."""
+        import torch
+
+        if len(self.val_idx) == 0:
+            return float("nan")
+        sel = self.val_idx[np.linspace(0, len(self.val_idx) - 1, min(len(self.val_idx), 256)).astype(int)]
+        self.head.eval()
+        self.model.eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(sel), 64):
+                part = sel[i:i + 64]
+                imgs = batch(part, augment=False)[0]
+                self._tokens = None
+                self.model.visual_tokens(imgs)
+                out.append(float(self._loss_on_captured(part)))
+        self.head.train()
+        self.model.train()
+        return float(np.mean(out))
 
 
 def frame_batch(proc, data: FrameData, norm_actions: np.ndarray, state_norm: Normalizer, idx: np.ndarray,
