@@ -80,6 +80,25 @@ def test_training_with_the_aux_loss_saves_a_plain_checkpoint(demos, tmp_path):
 def test_negative_aux_weight_is_refused(demos, tmp_path):
     from vla_compress.train.bc import TrainConfig, train
 
-    with pytest.raises(ValueError, match="aux_scene and state_noise must be >= 0"):
+    from vla_compress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="aux_scene and state_noise must be >= 0"):
         train(demos[0], tmp_path / "x", TrainConfig(steps=1, aux_scene=-1.0), log=lambda m: None)
     assert not (tmp_path / "x").exists()
+
+
+def test_aux_loss_without_replayable_demonstrations_names_the_dataset(demos, tmp_path):
+    from dataclasses import replace
+
+    from vla_compress.errors import DatasetError
+    from vla_compress.train.bc import TrainConfig, train
+
+    root = tmp_path / "no-seeds"
+    w = LeRobotWriter(root, fps=80)
+    for ep in demos[1]:
+        w.add(replace(ep, extras={"env_task": "push-v3"}))  # no recorded seed: nothing to replay
+    w.close()
+    with pytest.raises(DatasetError, match=f"{root}: --aux-scene needs demonstrations that replay"):
+        train(root, tmp_path / "out", TrainConfig(steps=1, batch_size=4, val_episodes_per_task=1, aux_scene=1.0),
+              log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -129,7 +129,9 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
     from ..models.reference.adapter import default_tokenizer
 
     if cfg.aux_scene < 0 or cfg.state_noise < 0:
-        raise ValueError(f"aux_scene and state_noise must be >= 0 (got {cfg.aux_scene}, {cfg.state_noise})")
+        from ..errors import ConfigError
+
+        raise ConfigError(f"aux_scene and state_noise must be >= 0 (got {cfg.aux_scene}, {cfg.state_noise})")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -166,7 +168,7 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
     K = mcfg.chunk_size
 
     noise_gen = torch.Generator().manual_seed(cfg.seed + 2)
-    aux = SceneAux(model, data, meta, train_idx, val_idx, cfg, device, log) if cfg.aux_scene > 0 else None
+    aux = SceneAux(model, data, meta, train_idx, val_idx, cfg, device, log, roots) if cfg.aux_scene > 0 else None
 
     def batch(idx: np.ndarray, augment: bool):
         out = frame_batch(proc, data, norm_actions, state_norm, idx, K, cfg.shift_px if augment else 0, device)
@@ -230,7 +232,7 @@ class SceneAux:
     predicts each frame's normalised object and goal positions; L1 on frames that have a target."""
 
     def __init__(self, model, data: FrameData, meta: list[dict], train_idx: np.ndarray, val_idx: np.ndarray,
-                 cfg: TrainConfig, device, log: Callable[[str], None]):
+                 cfg: TrainConfig, device, log: Callable[[str], None], roots: list = ()):
         import torch
         from torch import nn
 
@@ -240,7 +242,10 @@ class SceneAux:
         targets, self.mask = scene_targets(meta, data.episode_of, data.actions, data.states, replayable, log=log)
         have = train_idx[self.mask[train_idx]]
         if len(have) == 0:
-            raise ValueError("--aux-scene: no training episode could be replayed for scene targets")
+            from ..errors import DatasetError
+
+            raise DatasetError(", ".join(str(r) for r in roots), "--aux-scene needs demonstrations that replay "
+                               "in MetaWorld from their recorded seeds; no training episode did")
         self.norm = Normalizer(np.quantile(targets[have], 0.01, 0), np.quantile(targets[have], 0.99, 0))
         self.targets = self.norm.normalize(targets)
         self.val_idx = val_idx[self.mask[val_idx]]
