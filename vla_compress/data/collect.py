@@ -18,8 +18,11 @@ from ..evaluate.seeds import demo_seed
 from .lerobot import Episode, LeRobotWriter
 
 
-def expert_episode(task: str, seed: int, camera: CameraSpec | tuple[CameraSpec, ...], max_steps: int = 300) -> Episode:
-    """Roll out MetaWorld's scripted expert once; actions are stored clipped to [-1, 1] (what the env executes)."""
+def labelled_episode(task: str, seed: int, camera: CameraSpec | tuple[CameraSpec, ...], max_steps: int = 300,
+                     act: Callable[[dict, np.ndarray], np.ndarray] | None = None) -> Episode:
+    """Roll out one MetaWorld episode with every frame labelled by the scripted expert's action
+    (clipped to [-1, 1], what the env executes). `act(obs, label)` returns the action executed at
+    each step; without it the label is executed, i.e. an expert demonstration."""
     env = MetaWorldEnv(task, camera, max_steps)  # selects the GL backend before metaworld imports mujoco
     from metaworld.policies import ENV_POLICY_MAP
 
@@ -27,16 +30,16 @@ def expert_episode(task: str, seed: int, camera: CameraSpec | tuple[CameraSpec, 
     obs, raw = env.reset(seed)
     cams = env.cameras
     frames: dict[str, list] = {c.name: [] for c in cams}
-    states, actions = [], []
+    states, labels = [], []
     success = False
     try:
         for _ in range(max_steps):
-            action = np.clip(expert.get_action(raw), -1.0, 1.0).astype(np.float32)
+            label = np.clip(expert.get_action(raw), -1.0, 1.0).astype(np.float32)
             for c in cams:
                 frames[c.name].append(obs["images"][c.name])
             states.append(obs["state"])
-            actions.append(action)
-            obs, raw, success, done = env.step(action)
+            labels.append(label)
+            obs, raw, success, done = env.step(label if act is None else act(obs, label))
             if done:
                 break
     finally:
@@ -45,9 +48,14 @@ def expert_episode(task: str, seed: int, camera: CameraSpec | tuple[CameraSpec, 
         task=env.instruction,
         images={name: np.stack(f) for name, f in frames.items()},
         state=np.stack(states),
-        action=np.stack(actions),
+        action=np.stack(labels),
         extras={"env_task": task, "seed": int(seed), "success": bool(success)},
     )
+
+
+def expert_episode(task: str, seed: int, camera: CameraSpec | tuple[CameraSpec, ...], max_steps: int = 300) -> Episode:
+    """Roll out MetaWorld's scripted expert once; actions are stored clipped to [-1, 1] (what the env executes)."""
+    return labelled_episode(task, seed, camera, max_steps)
 
 
 def _worker(args: tuple) -> Episode:

@@ -21,8 +21,9 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ConfigError
-from ..evaluate.metaworld_env import CONTROL_HZ, MT10_TASKS, CameraSpec, MetaWorldEnv, cameras_read_by
+from ..evaluate.metaworld_env import CONTROL_HZ, MT10_TASKS, CameraSpec, cameras_read_by
 from ..evaluate.seeds import demo_seed
+from .collect import labelled_episode
 from .lerobot import Episode, LeRobotWriter
 
 
@@ -30,38 +31,20 @@ def dagger_episode(policy: Any, task: str, seed: int, cameras: tuple[CameraSpec,
                    rng: np.random.Generator, max_steps: int = 300) -> Episode:
     """One rollout of `policy` (expert action executed instead with probability beta), every frame
     labelled with the expert's action (clipped to [-1, 1], as the environment executes it)."""
-    env = MetaWorldEnv(task, cameras, max_steps)  # selects the GL backend before metaworld imports mujoco
-    from metaworld.policies import ENV_POLICY_MAP
-
-    expert = ENV_POLICY_MAP[task]()
-    obs, raw = env.reset(seed)
     policy.reset()
-    frames: dict[str, list] = {c.name: [] for c in env.cameras}
-    states, labels = [], []
-    success, executed_expert = False, 0
-    try:
-        for _ in range(max_steps):
-            label = np.clip(expert.get_action(raw), -1.0, 1.0).astype(np.float32)
-            for c in env.cameras:
-                frames[c.name].append(obs["images"][c.name])
-            states.append(obs["state"])
-            labels.append(label)
-            action = policy.act(obs)  # every step, so the policy's chunk queue stays in step
-            if rng.random() < beta:
-                action, executed_expert = label, executed_expert + 1
-            obs, raw, success, done = env.step(action)
-            if done:
-                break
-    finally:
-        env.close()
-    return Episode(
-        task=env.instruction,
-        images={name: np.stack(f) for name, f in frames.items()},
-        state=np.stack(states),
-        action=np.stack(labels),
-        extras={"env_task": task, "seed": int(seed), "success": bool(success),
-                "dagger": {"beta": beta, "expert_steps": executed_expert}},
-    )
+    expert_steps = 0
+
+    def act(obs: dict, label: np.ndarray) -> np.ndarray:
+        nonlocal expert_steps
+        action = policy.act(obs)  # every step, so the policy's chunk queue stays in step
+        if rng.random() < beta:
+            expert_steps += 1
+            return label
+        return action
+
+    ep = labelled_episode(task, seed, cameras, max_steps, act)
+    ep.extras["dagger"] = {"beta": beta, "expert_steps": expert_steps}
+    return ep
 
 
 _WORKER: dict[str, Any] = {}

@@ -246,8 +246,8 @@ class SceneAux:
 
             raise DatasetError(", ".join(str(r) for r in roots), "--aux-scene needs demonstrations that replay "
                                "in MetaWorld from their recorded seeds; no training episode did")
-        self.norm = Normalizer(np.quantile(targets[have], 0.01, 0), np.quantile(targets[have], 0.99, 0))
-        self.targets = self.norm.normalize(targets)
+        norm = Normalizer(np.quantile(targets[have], 0.01, 0), np.quantile(targets[have], 0.99, 0))
+        self.targets = norm.normalize(targets)
         self.val_idx = val_idx[self.mask[val_idx]]
         mc = model.cfg
         n_tok = mc.visual_tokens
@@ -259,7 +259,8 @@ class SceneAux:
         self._tokens = None
         model.projector.register_forward_hook(lambda _m, _i, out: setattr(self, "_tokens", out))
 
-    def _loss_on_captured(self, idx: np.ndarray):
+    def loss(self, idx: np.ndarray):
+        """The auxiliary loss of the forward pass that just ran on frames `idx` (None: no targets there)."""
         import torch
         import torch.nn.functional as F
 
@@ -269,10 +270,6 @@ class SceneAux:
             return None
         pred = self.head(tokens.reshape(len(idx), -1)[keep].float())
         return F.l1_loss(pred, torch.from_numpy(self.targets[idx][self.mask[idx]]).to(self.device))
-
-    def loss(self, idx: np.ndarray):
-        """The auxiliary loss of the forward pass that just ran on frames `idx`."""
-        return self._loss_on_captured(idx)
 
     def val_loss(self, batch) -> float:
         """Mean auxiliary L1 on (up to 256 of) the validation frames that have targets."""
@@ -290,7 +287,7 @@ class SceneAux:
                 imgs = batch(part, augment=False)[0]
                 self._tokens = None
                 self.model.visual_tokens(imgs)
-                out.append(float(self._loss_on_captured(part)))
+                out.append(float(self.loss(part)))
         self.head.train()
         self.model.train()
         return float(np.mean(out))
