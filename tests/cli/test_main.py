@@ -111,3 +111,24 @@ def test_eval_execute_steps_and_max_steps_reach_the_rollout(runner, tiny_checkpo
     assert data["suite_options"] == {"max_steps": 6}
     (ep,) = data["episodes"]
     assert ep["steps"] <= 6 and ep["inferences"] == ep["steps"]
+
+
+def test_eval_rejects_negative_first_episode(runner, tiny_checkpoints):
+    result = runner.invoke(main, ["eval", str(tiny_checkpoints["regression"]), "--first-episode", "-1"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --first-episode must be >= 0"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:gymnasium.utils.passive_env_checker")
+def test_eval_first_episode_runs_fresh_seeds(runner, tiny_checkpoints, tmp_path):
+    """--first-episode 3 --episodes 1 runs evaluation episode index 3 (the seed a 4-episode run ends on),
+    and records where it started."""
+    from vla_compress.evaluate.seeds import eval_seed
+
+    out = tmp_path / "eval.json"
+    result = runner.invoke(main, ["eval", str(tiny_checkpoints["regression"]), "--tasks", "reach-v3", "--episodes", "1",
+                                  "--workers", "1", "--first-episode", "3", "--max-steps", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["first_episode"] == 3
+    assert [ep["seed"] for ep in data["episodes"]] == [eval_seed("reach-v3", 3)]

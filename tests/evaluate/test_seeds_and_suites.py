@@ -38,6 +38,7 @@ def test_suite_tasks_and_seeds():
     suite = get_suite("metaworld-mt10")
     assert suite.tasks == MT10_TASKS
     assert suite.seeds("push-v3", 3) == [eval_seed("push-v3", i) for i in range(3)]
+    assert suite.seeds("push-v3", 2, first=3) == [eval_seed("push-v3", 3), eval_seed("push-v3", 4)]
     sub = get_suite("metaworld-mt10", ["door-open-v3", "reach-v3"])
     assert sub.tasks == ("door-open-v3", "reach-v3")
 

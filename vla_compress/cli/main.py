@@ -84,12 +84,14 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
 @click.option("--tasks", default="", help="Comma-separated subset of the suite's tasks.")
 @click.option("--episodes", default=10, show_default=True, help="Episodes per task (seeded, disjoint from demo seeds).")
 @click.option("--workers", default=2, show_default=True, help="Parallel worker processes.")
+@click.option("--first-episode", default=0, show_default=True,
+              help="Index of the first evaluation episode per task: e.g. 50 after a 50-episode run gives fresh seeds.")
 @click.option("--runtime", default="torch", show_default=True, help="Runtime that runs the checkpoint/artifact.")
 @click.option("--execute-steps", type=int, default=None,
               help="Actions executed from each predicted chunk before the policy runs again (default: the whole chunk).")
 @click.option("--max-steps", type=int, default=None, help="Episode step limit (default: the suite's, 300 for MetaWorld).")
 @click.option("--out", type=click.Path(path_type=Path), help="Write the full result (per task, per episode) as JSON.")
-def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: int, runtime: str,
+def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: int, first_episode: int, runtime: str,
              execute_steps: int | None, max_steps: int | None, out: Path | None) -> None:
     """Closed-loop success of CHECKPOINT in simulation, per task with Wilson 95% intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -101,6 +103,8 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
 
     if episodes < 1 or workers < 1:
         raise ConfigError("--episodes and --workers must be >= 1")
+    if first_episode < 0:
+        raise ConfigError("--first-episode must be >= 0")
     if (execute_steps is not None and execute_steps < 1) or (max_steps is not None and max_steps < 1):
         raise ConfigError("--execute-steps and --max-steps must be >= 1")
     if runtime == "torch":
@@ -118,7 +122,8 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
             succ[0] += r.success
             progress.update(bar, completed=done, total=total, rate=f"{succ[0] / done:.0%}")
 
-        result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode, **suite_kwargs)
+        result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode,
+                          first_episode=first_episode, **suite_kwargs)
     result["checkpoint"] = str(checkpoint)
     print_eval_table(console, result)
     if out:

@@ -87,12 +87,17 @@ def _run_job(job: tuple[str, int]) -> EpisodeResult:
 
 def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[str] | None = None,
              episodes: int = 10, workers: int = 1, threads_per_worker: int | None = None,
-             on_episode: Callable[[EpisodeResult, int, int], None] | None = None, **suite_kwargs) -> dict:
-    """Evaluate a policy on a suite; returns the full result dict (per task, per episode)."""
+             on_episode: Callable[[EpisodeResult, int, int], None] | None = None, first_episode: int = 0,
+             **suite_kwargs) -> dict:
+    """Evaluate a policy on a suite; returns the full result dict (per task, per episode).
+
+    Episodes first_episode .. first_episode+episodes-1 of every task (their seeds are fixed)."""
+    if first_episode < 0:
+        raise ValueError(f"first_episode must be >= 0, got {first_episode}")
     suite = get_suite(suite_name, tasks, **suite_kwargs)
-    jobs = [(t, s) for t in suite.tasks for s in suite.seeds(t, episodes)]
+    jobs = [(t, s) for t in suite.tasks for s in suite.seeds(t, episodes, first_episode)]
     # interleave tasks so a partial run (and the progress bar) covers every task early
-    jobs.sort(key=lambda j: (suite.seeds(j[0], episodes).index(j[1]), suite.tasks.index(j[0])))
+    jobs.sort(key=lambda j: (suite.seeds(j[0], episodes, first_episode).index(j[1]), suite.tasks.index(j[0])))
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, workers))
     suite_args = {"name": suite_name, "tasks": list(suite.tasks), **suite_kwargs}
     results: list[EpisodeResult] = []
@@ -110,14 +115,15 @@ def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[s
                 results.append(r)
                 if on_episode:
                     on_episode(r, len(results), len(jobs))
-    result = summarize(results, suite, spec, episodes, workers, time.time() - t0)
+    result = summarize(results, suite, spec, episodes, workers, time.time() - t0, first_episode)
     result["suite_options"] = dict(suite_kwargs)  # e.g. max_steps: part of the protocol, compare like with like
     return result
 
 
 def summarize(results: list[EpisodeResult], suite: Suite, spec: PolicySpec | None, episodes: int,
-              workers: int, wall_s: float) -> dict:
-    order = {(t, s): i for i, (t, s) in enumerate((t, s) for t in suite.tasks for s in suite.seeds(t, episodes))}
+              workers: int, wall_s: float, first_episode: int = 0) -> dict:
+    order = {(t, s): i for i, (t, s) in enumerate((t, s) for t in suite.tasks
+                                                  for s in suite.seeds(t, episodes, first_episode))}
     results = sorted(results, key=lambda r: order.get((r.task, r.seed), 0))
     per_task = {}
     for task in suite.tasks:
@@ -136,6 +142,7 @@ def summarize(results: list[EpisodeResult], suite: Suite, spec: PolicySpec | Non
         "suite": suite.name,
         "policy": asdict(spec) if spec else None,
         "episodes_per_task": episodes,
+        "first_episode": first_episode,
         "mean_success": float(np.mean([v["success_rate"] for v in per_task.values()])) if per_task else 0.0,
         "pooled": {"episodes": len(results), "successes": total, "ci95": [lo, hi]},
         "per_task": per_task,

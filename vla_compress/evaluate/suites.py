@@ -30,8 +30,9 @@ class Suite:
     make_env: Callable[..., Env] = field(repr=False, compare=False)
     seed_fn: Callable[[str, int], int] = field(repr=False, compare=False)
 
-    def seeds(self, task: str, episodes: int) -> list[int]:
-        return [self.seed_fn(task, i) for i in range(episodes)]
+    def seeds(self, task: str, episodes: int, first: int = 0) -> list[int]:
+        """The seeds of episodes first .. first+episodes-1 (first > 0: fresh seeds beside an earlier run's)."""
+        return [self.seed_fn(task, i) for i in range(first, first + episodes)]
 
 
 def _metaworld(tasks: tuple[str, ...], name: str, camera: str = "corner", size: int = 128, max_steps: int = 300) -> Suite:
