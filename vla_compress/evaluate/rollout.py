@@ -92,12 +92,10 @@ def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[s
     """Evaluate a policy on a suite; returns the full result dict (per task, per episode).
 
     Episodes first_episode .. first_episode+episodes-1 of every task (their seeds are fixed)."""
-    if first_episode < 0:
-        raise ValueError(f"first_episode must be >= 0, got {first_episode}")
     suite = get_suite(suite_name, tasks, **suite_kwargs)
-    jobs = [(t, s) for t in suite.tasks for s in suite.seeds(t, episodes, first_episode)]
+    seeds = {t: suite.seeds(t, episodes, first_episode) for t in suite.tasks}
     # interleave tasks so a partial run (and the progress bar) covers every task early
-    jobs.sort(key=lambda j: (suite.seeds(j[0], episodes, first_episode).index(j[1]), suite.tasks.index(j[0])))
+    jobs = [(t, seeds[t][i]) for i in range(episodes) for t in suite.tasks]
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // max(1, workers))
     suite_args = {"name": suite_name, "tasks": list(suite.tasks), **suite_kwargs}
     results: list[EpisodeResult] = []

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..data.lerobot import LeRobotDataset
+from ..errors import ConfigError, DatasetError
 from ..models.base import Normalizer
 
 
@@ -129,8 +130,6 @@ def train(dataset: str | Path | list, out: str | Path, cfg: TrainConfig = TrainC
     from ..models.reference.adapter import default_tokenizer
 
     if cfg.aux_scene < 0 or cfg.state_noise < 0:
-        from ..errors import ConfigError
-
         raise ConfigError(f"aux_scene and state_noise must be >= 0 (got {cfg.aux_scene}, {cfg.state_noise})")
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -242,8 +241,6 @@ class SceneAux:
         targets, self.mask = scene_targets(meta, data.episode_of, data.actions, data.states, replayable, log=log)
         have = train_idx[self.mask[train_idx]]
         if len(have) == 0:
-            from ..errors import DatasetError
-
             raise DatasetError(", ".join(str(r) for r in roots), "--aux-scene needs demonstrations that replay "
                                "in MetaWorld from their recorded seeds; no training episode did")
         norm = Normalizer(np.quantile(targets[have], 0.01, 0), np.quantile(targets[have], 0.99, 0))
