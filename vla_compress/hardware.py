@@ -4,8 +4,9 @@ Why a schema of its own: the roofline estimator turns these numbers into latency
 number carries its source (`bandwidth_gbs: {value: 204.8, source: "..."}`) and every name is checked,
 with errors naming the file, line and key. Top-level figures are those of `default_power_mode`;
 other power modes override bandwidth / clock / peaks. Peaks are *dense* (no 2:4 sparsity), in
-TFLOPS or TOPS. Calibrated efficiency factors live beside the profile (`calibration/<name>.yaml`)
-and are laid over its defaults on load.
+TFLOPS or TOPS. Calibrated efficiency factors live beside the profile (`calibration/<name>.yaml`; for a
+profile installed with the package, in the user folder: vla_compress/resources.py) and are laid over its
+defaults on load.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, NoReturn
 
+from . import resources
 from .errors import HardwareError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
@@ -160,39 +162,44 @@ class HardwareProfile:
 
 
 def hardware_dir() -> Path:
-    """The folder of device profiles: $VLA_COMPRESS_HARDWARE_DIR, else the first `hardware/` found
-    walking up from the package (the repository checkout)."""
+    """The folder device profiles are looked up in first, and where the profiler writes `local-host.yaml`
+    and `calibration/`: $VLA_COMPRESS_HARDWARE_DIR, else the checkout's `hardware/`, else (an installed
+    package) the user folder ~/.cache/vla-compress/hardware (see vla_compress/resources.py)."""
+    return hardware_dirs()[0]
+
+
+def hardware_dirs() -> list[Path]:
+    """Where device profiles are looked up, first match wins (resources.search_path)."""
     env = os.environ.get(ENV_DIR)
-    if env:
-        if Path(env).is_dir():
-            return Path(env)
+    if env and not Path(env).is_dir():
         raise HardwareError(env, f"{ENV_DIR} points here, but it is not a directory")
-    here = Path(__file__).resolve().parent
-    for parent in (here, *here.parents):
-        if (parent / "hardware").is_dir():
-            return parent / "hardware"
-    raise HardwareError(here, f"no hardware/ directory found above the package; set {ENV_DIR}")
+    dirs = resources.search_path("hardware", env)
+    if not any(d.is_dir() for d in dirs):
+        raise HardwareError(dirs[-1], f"no device profiles folder here (not shipped with this install?); set {ENV_DIR}")
+    return dirs
 
 
 def list_hardware(directory: str | Path | None = None) -> list[str]:
-    """Names of the device profiles (file stems) in `directory` (default: `hardware_dir()`)."""
-    d = Path(directory) if directory is not None else hardware_dir()
-    return sorted(p.stem for p in d.glob("*.yaml") if p.is_file())
+    """Names of the device profiles (file stems) in `directory` (default: every folder `hardware_dirs()` searches)."""
+    dirs = [Path(directory)] if directory is not None else hardware_dirs()
+    return sorted({p.stem for d in dirs for p in d.glob("*.yaml") if p.is_file()})
 
 
 def _resolve(name_or_path: str | Path) -> Path:
     text = str(name_or_path)
     if isinstance(name_or_path, Path) or text.endswith((".yaml", ".yml")) or "/" in text or os.sep in text:
         return Path(name_or_path)
-    d = hardware_dir()
-    if (d / f"{text}.yaml").is_file():
-        return d / f"{text}.yaml"
-    raise HardwareError(d, f"unknown hardware '{text}'; known: {', '.join(list_hardware(d)) or '(none)'}")
+    dirs = hardware_dirs()
+    for d in dirs:
+        if (d / f"{text}.yaml").is_file():
+            return d / f"{text}.yaml"
+    raise HardwareError(dirs[0], f"unknown hardware '{text}'; known: {', '.join(list_hardware()) or '(none)'}")
 
 
 def calibration_path(profile_path: str | Path, name: str) -> Path:
-    """Where calibrated efficiency factors for profile `name` live: beside the profile file."""
-    return Path(profile_path).parent / "calibration" / f"{name}.yaml"
+    """Where calibrated efficiency factors for profile `name` live: beside the profile file, or in the user
+    folder when the profile is one installed with the package (resources.writable)."""
+    return resources.writable(Path(profile_path).parent, "hardware") / "calibration" / f"{name}.yaml"
 
 
 def load_hardware(name_or_path: str | Path, *, calibrated: bool = True) -> HardwareProfile:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import click
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "reference-small-chunk"
+from ..resources import shipped
+
+DEMO_CHECKPOINT = shipped("checkpoints") / "reference-small-chunk"  # shipped with the package (resources.py)
 DEMO_RECIPE = "demo-cpu-onnx-int8"
 
 
@@ -100,6 +102,12 @@ def compress(checkpoint: Path, profile: str, out: Path, overrides: tuple[str, ..
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe value.")
 def demo(out: Path, profile: str, overrides: tuple[str, ...]) -> None:
     """The shipped reference-small checkpoint through a shipped recipe, end to end, with the report."""
+    if not (DEMO_CHECKPOINT / "config.json").is_file():  # a wheel built without it, or a partial checkout
+        from ..errors import CheckpointError
+
+        raise CheckpointError(DEMO_CHECKPOINT, "the demo checkpoint is not installed with this copy of vla-compress; "
+                                               f"run `vla-compress compress CHECKPOINT --profile {profile}` "
+                                               "on a checkpoint of your own, or install from a source checkout")
     _run(DEMO_CHECKPOINT, profile, out, overrides, False)
 
 

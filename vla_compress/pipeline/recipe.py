@@ -30,8 +30,9 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..resources import shipped
 
-PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES_DIR = shipped("profiles")  # the shipped recipes (vla_compress/resources.py: checkout or installed copy)
 TOP_KEYS = {"name", "description", "target", "passes", "exports", "deploy", "calibration", "evaluation",
             "budgets", "profiling"}
 SECTION_KEYS = {
