@@ -200,7 +200,7 @@ def test_bad_inputs_give_clear_errors(teachers, datasets, tmp_path):
 def test_openvla_teacher_forcing_reproduces_greedy_decoding(teachers):
     """The forced forward distillation trains through sees what decoding saw: forcing the greedy
     tokens gives logits whose argmax is those tokens, at every one of the 7 positions."""
-    from vla_compress.passes.distill.objectives import openvla_forced_logits
+    from vla_compress.models.openvla.distill_openvla import openvla_forced_logits
 
     vla = teachers["openvla"]
     inputs = vla._model_inputs(vla.preprocess(observations(vla, 2)))  # two prompt lengths: left padding
@@ -212,7 +212,7 @@ def test_openvla_teacher_forcing_reproduces_greedy_decoding(teachers):
 
 
 def test_openvla_action_tokens_decode_to_their_bin():
-    from vla_compress.passes.distill.objectives import openvla_action_token_ids
+    from vla_compress.models.openvla.distill_openvla import openvla_action_token_ids
 
     vla = build("openvla")
     n = vla.cfg.n_action_bins

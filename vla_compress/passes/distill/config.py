@@ -29,12 +29,12 @@ class DistillConfig(PassConfig):
     between the normalised action chunks, regression heads; temperature^2 * KL(teacher || student)
     over the action bins of every action token under teacher forcing with the teacher's greedy
     tokens, tokens heads; MSE between the flow-matching velocities at the same noisy chunk and time,
-    SmolVLA) + label_weight * the family's own training loss on the demonstrations (L1 to the
+    flow heads) + label_weight * the family's own training loss on the demonstrations (L1 to the
     chunk, regression; cross-entropy on the demonstration's action tokens, tokens; MSE to the
-    flow-matching target noise - action, SmolVLA) + hidden_weight * the mean squared difference of
+    flow-matching target noise - action, flow) + hidden_weight * the mean squared difference of
     the output hidden states of `hidden_components` (over real, unpadded positions, divided by the
-    teacher's mean square so the weight does not depend on the hidden scale; SmolVLA's backbone
-    output is the per-layer prefix keys/values the action expert reads).
+    teacher's mean square so the weight does not depend on the hidden scale; a backbone that
+    outputs per-layer keys/values for an action expert is matched on those).
     `where` selects what trains (default: every component). AdamW with linear warm-up and cosine
     decay (the BC trainer's), gradient norm clipped at 1, random-shift augmentation of `shift_px`.
     Held out: the last `val_episodes_per_task` episodes of every task (the BC trainer's split);
@@ -105,4 +105,4 @@ class DistillConfig(PassConfig):
 
 
 register_pass(DistillConfig, "vla_compress.passes.distill.train:distill",
-              families=("reference", "openvla", "openvla-oft", "smolvla"))
+              needs="distill")

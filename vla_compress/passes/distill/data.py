@@ -1,5 +1,11 @@
-"""Frames to distil on: the BC trainer's loading, split and batches (train/bc.py), with the
-student's own normalisation (a distilled model keeps its checkpoint's statistics)."""
+"""Frames to distil on as the BC trainer's tensors (train/bc.py: its loading, split and batches),
+with the student's own normalisation (a distilled model keeps its checkpoint's statistics); and
+the episode choice and held-out frames every loader shares.
+
+The tensors loader (a family's load_data hook picks it as `loaders.frames`) needs what the BC
+trainer's model has: a processor with images() and text(), `action_norm` and `state_norm`
+(models.base.Normalizer); the batch inputs are {"pixel_values", "text_ids", "text_mask", "state"}.
+"""
 
 from __future__ import annotations
 
@@ -29,8 +35,8 @@ class DistillData:
         """[images, text_ids, text_mask, state, action chunk] for frames `idx` (bc.frame_batch)."""
         from ...train.bc import frame_batch
 
-        return frame_batch(vla.processor, self.frames, self.norm_actions, vla.state_norm, idx, vla.cfg.chunk_size,
-                           shift_px, device, rng)
+        return frame_batch(vla.processor, self.frames, self.norm_actions, vla.state_norm, idx,
+                           vla.action_spec.chunk_size, shift_px, device, rng)
 
     def batch_dict(self, vla: Any, idx: np.ndarray, shift_px: int = 0, rng: np.random.RandomState | None = None,
                    device: Any = None) -> dict:
@@ -73,7 +79,7 @@ def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillD
 
     ds, train_eps, val_eps = choose_episodes(dataset, config)
     chosen = sorted(int(i) for i in np.concatenate([train_eps, val_eps]))
-    cameras = vla.cfg.vision.cameras
+    cameras = vla.cameras
     for camera in cameras:
         if f"observation.images.{camera}" not in ds.camera_keys and camera not in ds.camera_keys:
             raise DatasetError(ds.root, f"no images from camera {camera!r}, which the model reads "
@@ -83,10 +89,10 @@ def load_distill_data(vla: Any, dataset: Any, config: DistillConfig) -> DistillD
     train_local, val_local = split_episodes(loaded, config.val_episodes_per_task)
     if len(train_local) != len(train_eps) or len(val_local) != len(val_eps):
         raise DatasetError(ds.root, f"loaded {len(loaded)} episodes, expected {len(chosen)}")
-    action_dim = vla.cfg.action_dim
-    if frames.actions.shape[1] != action_dim or frames.states.shape[1] != vla.cfg.proprio_dim:
+    action_dim, state_dim = vla.action_spec.dim, vla.state_dim
+    if frames.actions.shape[1] != action_dim or frames.states.shape[1] != state_dim:
         raise DatasetError(ds.root, f"actions/states have {frames.actions.shape[1]}/{frames.states.shape[1]} "
-                                    f"dimensions; the model expects {action_dim}/{vla.cfg.proprio_dim}")
+                                    f"dimensions; the model expects {action_dim}/{state_dim}")
     return DistillData(frames=frames,
                        train_idx=np.nonzero(np.isin(frames.episode_of, train_local))[0],
                        val_idx=np.nonzero(np.isin(frames.episode_of, val_local))[0],

@@ -1,13 +1,12 @@
-"""Frames to distil OpenVLA / OpenVLA-OFT / SmolVLA on, from a LeRobot-layout dataset.
+"""Frames to distil on as observations through the model's own processor (`loaders.observations`).
 
-The reference family batches frames with the BC trainer's tensors (data.py). These families take
-observations through their own processors, so a batch here is a list of observations (every
-camera the model reads, the raw state, the episode's task) preprocessed by the student, plus the
-target: the next `chunk` actions normalised as the model predicts them. The normaliser is the
-inverse of the model's own `unnormalize_actions`, which is affine per dimension for every family
-(OpenVLA's q01/q99 bounds, SmolVLA's mean/std or min/max): probing it at -1 and +1 gives offset
-and scale, so no family's statistics format is read here. OpenVLA clips to [-1, 1] as its
-training does; SmolVLA's MEAN_STD space is unbounded and is not clipped.
+A batch here is a list of observations (the cameras the family's hook chooses, the raw state when
+the model reads one, the episode's task) preprocessed by the student, plus the target: the next
+`chunk` actions normalised as the model predicts them. The normaliser is the inverse of the
+model's own `unnormalize_actions`, which is affine per dimension for every family (bounds such as
+q01/q99, mean/std or min/max): probing it at -1 and +1 gives offset and scale, so no family's
+statistics format is read here. Whether targets are clipped to [-1, 1] is the family's call
+(a bounds normalisation clips in training; a mean/std space is unbounded).
 
 Held-out split: the last `val_episodes_per_task` episodes of every task, as the BC trainer.
 """
@@ -16,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -24,30 +23,8 @@ from ...errors import DatasetError, PassError
 from .config import DistillConfig
 
 
-def model_cameras(vla: Any, available: list[str], root: Path) -> list[str]:
-    """The dataset cameras the model reads, in the order its processor takes them."""
-    if vla.family == "smolvla":
-        wanted = list(vla.processor.camera_names)
-        cams = [c for c in wanted if c in available]
-        if not cams:
-            raise DatasetError(root, f"no dataset camera among those the model reads ({wanted}); "
-                                          f"dataset cameras: {available}")
-        return cams
-    proc = vla.processor
-    if proc.cameras:
-        missing = [c for c in proc.cameras if c not in available]
-        if missing:
-            raise DatasetError(root, f"no images from camera(s) {missing}, which the model reads "
-                                          f"(dataset cameras: {available})")
-        return list(proc.cameras)
-    if len(available) != proc.num_images:
-        raise DatasetError(root, f"the model takes {proc.num_images} image(s) and the dataset has cameras "
-                                      f"{available}: load the model with cameras=... to choose")
-    return list(available)
-
-
 @dataclass
-class FamilyData:
+class ObservationData:
     """Decoded frames (every camera the model reads) and the train / held-out split."""
 
     images: dict[str, np.ndarray]  # camera -> (N, H, W, 3) uint8
@@ -109,15 +86,18 @@ def action_normalizer(vla: Any, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return (lo + hi) / 2.0, scale
 
 
-def load_family_data(vla: Any, dataset: Any, config: DistillConfig) -> FamilyData:
-    """Decode the training and held-out episodes for an OpenVLA / OFT / SmolVLA student."""
+def load_observation_data(vla: Any, dataset: Any, config: DistillConfig,
+                          cameras: Callable[[Any, list[str], Path], list[str]], clip: bool) -> ObservationData:
+    """Decode the training and held-out episodes (data.choose_episodes): the images of the dataset
+    cameras `cameras(vla, available, root)` chooses (a DatasetError when the model's are missing),
+    targets clipped to [-1, 1] when `clip`."""
     from .data import choose_episodes
 
     ds, train_eps, val_eps = choose_episodes(dataset, config)
     val_set = {int(i) for i in val_eps}
     chosen = sorted(int(i) for i in np.concatenate([train_eps, val_eps]))
     available = [k.removeprefix("observation.images.") for k in ds.camera_keys]
-    cams = model_cameras(vla, available, ds.root)
+    cams = cameras(vla, available, ds.root)
     spec = vla.action_spec
     images: dict[str, list] = {c: [] for c in cams}
     states, actions, instr, ends, is_val = [], [], [], [], []
@@ -140,11 +120,12 @@ def load_family_data(vla: Any, dataset: Any, config: DistillConfig) -> FamilyDat
         raise DatasetError(ds.root, f"actions have {acts.shape[1]} dimensions; the model predicts {spec.dim}")
     offset, scale = action_normalizer(vla, spec.dim)
     norm = (acts - offset) / scale
-    if vla.family != "smolvla":  # OpenVLA's bounds normalisation clips; SmolVLA's mean/std does not
+    if clip:
         norm = np.clip(norm, -1.0, 1.0)
     val_mask = np.concatenate(is_val)
-    return FamilyData(images={c: np.concatenate(v) for c, v in images.items()}, states=np.concatenate(states),
-                      norm_actions=norm.astype(np.float32), instructions=instr, episode_end=np.concatenate(ends),
-                      train_idx=np.nonzero(~val_mask)[0], val_idx=np.nonzero(val_mask)[0],
-                      episodes={"train": int(len(train_eps)), "val": int(len(val_eps))}, chunk=spec.chunk_size,
-                      uses_state=bool(getattr(vla, "uses_state", vla.family == "smolvla")))
+    return ObservationData(images={c: np.concatenate(v) for c, v in images.items()}, states=np.concatenate(states),
+                           norm_actions=norm.astype(np.float32), instructions=instr,
+                           episode_end=np.concatenate(ends), train_idx=np.nonzero(~val_mask)[0],
+                           val_idx=np.nonzero(val_mask)[0],
+                           episodes={"train": int(len(train_eps)), "val": int(len(val_eps))},
+                           chunk=spec.chunk_size, uses_state=vla.state_dim > 0)

@@ -7,10 +7,10 @@ observation, augmented or not. The tokens head is trained under teacher forcing 
 own greedy tokens (sequence-level distillation, Kim & Rush 2016), the sequence the teacher would
 produce at run time.
 
-This module is family-independent: the frames come from data.py (reference: the BC trainer's
-tensors) or data_families.py (OpenVLA / OFT / SmolVLA: observations through the family's
-processor), the loss from objectives.py; the loop, held-out evaluation and early stopping are
-shared.
+This module is family-independent: the student's family's distill hooks (objectives.py lists
+them) choose the frames (data.py: the BC trainer's tensors, or data_families.py: observations
+through the model's processor), give the loss terms and any per-batch draws; the loop, held-out
+evaluation and early stopping are shared.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,7 +27,7 @@ from ...errors import PassError
 from ..base import PassContext, scoped_modules
 from .config import DistillConfig
 from .data import load_distill_data
-from .objectives import Objective, draw_flow_noise, make_objective
+from .objectives import Objective, family_hook
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +75,8 @@ def check_teacher(vla: Any, teacher: Any, config: DistillConfig) -> None:
         problems.append(f"family {getattr(teacher, 'family', None)!r} vs the student's {vla.family!r}")
     elif teacher.action_spec != vla.action_spec:
         problems.append(f"action spec {teacher.action_spec} vs the student's {vla.action_spec}")
-    elif vla.family == "reference":
-        for what in ("action_norm", "state_norm"):
-            a, b = getattr(teacher, what), getattr(vla, what)
-            if not (np.allclose(a.low, b.low) and np.allclose(a.high, b.high) and np.array_equal(a.mask, b.mask)):
-                problems.append(f"different {what} statistics")
-        if teacher.cfg.vision.image_size != vla.cfg.vision.image_size:
-            problems.append("a different image size")
+    elif (own := family_hook(vla, "check_teacher", optional=True)) is not None:
+        problems += own(vla, teacher)
     else:  # every family's unnormaliser is affine: equal at -1 and +1 means equal statistics
         probe = np.stack([-np.ones(vla.action_spec.dim, np.float32), np.ones(vla.action_spec.dim, np.float32)])[None]
         if not np.allclose(teacher.unnormalize_actions(probe), vla.unnormalize_actions(probe)):
@@ -92,13 +88,14 @@ def check_teacher(vla: Any, teacher: Any, config: DistillConfig) -> None:
 # --- held-out distance -----------------------------------------------------------------------------
 
 def _batches(vla: Any, data: Any, idx: np.ndarray, batch_size: int, seed: int) -> list[dict]:
-    """The held-out batches, unaugmented; SmolVLA's noise and times drawn from `seed`, so every
-    evaluation sees the same ones."""
+    """The held-out batches, unaugmented; the family's per-batch draws (draw_batch_noise) from
+    `seed`, so every evaluation sees the same ones."""
     rng = np.random.RandomState(seed)
+    draw = family_hook(vla, "draw_batch_noise", optional=True)
     out = []
     for i in range(0, len(idx), batch_size):
         batch = data.batch_dict(vla, idx[i:i + batch_size])
-        out.append(draw_flow_noise(vla, batch, rng) if vla.family == "smolvla" else batch)
+        out.append(draw(vla, batch, rng) if draw is not None else batch)
     return out
 
 
@@ -106,8 +103,8 @@ def heldout(student: Any, teacher: Any, data: Any, objective: Objective, idx: np
             batch_size: int, cache: dict) -> dict:
     """Distance of the student to the teacher (and to the demonstrations) on held-out frames:
     action L1 in the normalised action space (the chunk each model predicts at run time, greedy
-    tokens decoded to bin centres for tokens heads, the same Euler start noise for both models for
-    SmolVLA) and the training objective without augmentation. The batches and the teacher's chunks
+    tokens decoded to bin centres for tokens heads, the same start noise for both models where the
+    batch holds one) and the training objective without augmentation. The batches and the teacher's chunks
     are computed once and kept in `cache` (with the teacher's own L1 to the demonstrations under
     "teacher_l1_to_data")."""
     import torch
@@ -145,12 +142,11 @@ def _window_mean(values: list[float], n: int, last: bool) -> float:
 
 
 def load_data(vla: Any, dataset: Any, config: DistillConfig) -> Any:
-    """The family's frames: the BC trainer's tensors (reference) or processor observations."""
-    if vla.family == "reference":
-        return load_distill_data(vla, dataset, config)
-    from .data_families import load_family_data
+    """The frames to distil on, as the family's load_data hook chooses and parameterises a loader."""
+    from .data_families import load_observation_data
 
-    return load_family_data(vla, dataset, config)
+    loaders = SimpleNamespace(frames=load_distill_data, observations=load_observation_data)
+    return family_hook(vla, "load_data")(vla, dataset, config, loaders)
 
 
 def distill(vla: Any, config: DistillConfig, context: PassContext) -> Any:
@@ -164,7 +160,7 @@ def distill(vla: Any, config: DistillConfig, context: PassContext) -> Any:
     if config.eval_every and len(eval_idx) == 0:
         raise PassError(f"pass {config.name!r}: eval_every needs held-out frames, and the dataset split has none")
     teacher.to(next(vla.parameters()).device)
-    objective = make_objective(vla, teacher, config)
+    objective = Objective(vla, teacher, config)
     try:
         before = heldout(vla, teacher, data, objective, eval_idx, config.batch_size, cache)
         log.info("distill: %d train / %d held-out frames; held out before: %s", len(data.train_idx),
@@ -218,12 +214,13 @@ def train_steps(vla: Any, params: dict[str, Any], data: Any, objective: Objectiv
     curve = [[0, start_objective]] if evaluate else []
     stopped, bad = "steps", 0
     t0, checked, report = time.perf_counter(), False, max(1, config.steps // 10)
+    draw = family_hook(vla, "draw_batch_noise", optional=True)
     with only_training(vla, params):
         for step in range(1, config.steps + 1):
             idx = rng.choice(data.train_idx, config.batch_size, replace=len(data.train_idx) < config.batch_size)
             batch = data.batch_dict(vla, idx, config.shift_px, rng, device)
-            if vla.family == "smolvla":
-                batch = draw_flow_noise(vla, batch, rng)
+            if draw is not None:  # from the same generator, after the batch's augmentation
+                batch = draw(vla, batch, rng)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp):
                 loss = objective(batch)
             opt.zero_grad(set_to_none=True)
