@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Mapping, NamedTuple, NoReturn
 
 from . import resources
+from .backends import canonical_or_same, runtime_names
 from .errors import HardwareError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "fp8", "int8", "int4", "fp4")
-RUNTIMES = ("torch", "onnxruntime", "tensorrt", "llama.cpp")
+RUNTIMES = tuple(runtime_names())  # the backends' canonical names (vla_compress/backends.py); aliases are normalised
 KINDS = ("gpu", "cpu", "soc")
 SCHEMA_VERSION = 1
 ENV_DIR = "VLA_COMPRESS_HARDWARE_DIR"
@@ -143,12 +144,14 @@ class HardwareProfile:
             raise self._error(f"no {precision} compute peak on {self.name}; it has {', '.join(self.peak_tflops)}", "peak_tflops")
         mode = self.mode(power_mode)
         value = mode.peak_tflops.get(precision, self.peak_tflops[precision])
-        if runtime is not None and self.runtimes[runtime].fp16_accumulate and precision in self.fp16_accumulate_peak_tflops:
+        if runtime is not None and self.runtime(runtime).fp16_accumulate and precision in self.fp16_accumulate_peak_tflops:
             value *= self.fp16_accumulate_peak_tflops[precision] / self.peak_tflops[precision]
         return value
 
     def runtime(self, name: str) -> RuntimeSupport:
-        """The runtime's support entry; a clear error when the runtime is unknown or not on this device."""
+        """The runtime's support entry (any spelling of its name: `onnx` is `onnxruntime`); a clear error when
+        the runtime is unknown or not on this device."""
+        name = canonical_or_same(name)
         _check_name(name, RUNTIMES, "runtime", self._error)
         if name not in self.runtimes:
             raise self._error(f"runtime {name} is not supported on {self.name}; it has {', '.join(self.runtimes)}", "runtimes")
@@ -488,7 +491,7 @@ def save_calibration(profile: HardwareProfile, factors: Mapping[str, float], sou
         data["power_mode"] = power_mode
     target = data.setdefault("efficiency", {})
     if runtime is not None:
-        profile.runtime(runtime)
+        runtime = profile.runtime(runtime).name  # the canonical name, as the profile's runtimes: lists it
         target = target.setdefault("runtimes", {}).setdefault(runtime, {})
     for key, value in factors.items():
         group, _, prec = key.partition(".")

@@ -1,28 +1,31 @@
 """`vla-compress export`: checkpoint -> validated artifacts in any registered format.
 
-Formats come from export/registry.py (onnx, tensorrt, gguf, ... as registered), precisions from
-each exporter's config, so a new exporter needs no change here. Every artifact is validated on
+Formats and their precisions come from the backend records (vla_compress/backends.py: onnx,
+tensorrt, gguf, ... as registered; a runtime's name also names its format, `-f onnxruntime`), so a
+new exporter needs no change here. Every artifact is validated on
 held-out observations (export/observations.py) with the exporter's own `validate()`, and the
 command exits 1 when any artifact failed (its manifest says "failed"), 2 on bad input.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 import click
+
+from ..backends import backends, export_formats
 
 _PARITY_COLS = ("max abs", "cosine", "action L1", "tokens")
 
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--format", "-f", "fmt", required=True, help="Export format: onnx, tensorrt, gguf (any registered exporter).")
+@click.option("--format", "-f", "fmt", required=True, help=f"Export format: {', '.join(export_formats())}.")
 @click.option("--precision", "-p", "precisions", multiple=True,
-              help="Precision(s) of the format (repeatable), e.g. onnx: fp32, int8-dynamic, int8-static, int4-weight; "
-                   "tensorrt: fp32, fp16, int8, fp8. Default: the format's own (onnx fp32, tensorrt fp16).")
+              help="Precision(s) of the format (repeatable): " + "; ".join(
+                  f"{b.format}: {', '.join(b.precisions)}" for b in backends() if b.format)
+              + ". Default: the format's own (onnx fp32, tensorrt fp16).")
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Artifact directory; with several precisions, the parent of one <format>-<precision> directory each.")
 @click.option("--dataset", type=click.Path(path_type=Path),
@@ -48,12 +51,14 @@ def export(checkpoint: Path, fmt: str, precisions: tuple[str, ...], out: Path, d
 
     from ..errors import ConfigError
     from ..export.artifact import Artifact
+    from ..export.base import ExportInputs
     from ..export.observations import export_observations
     from ..export.registry import get_exporter
     from ..fileio import write_json
     from ..models import load_vla
 
     exporter = get_exporter(fmt)  # unknown format: a one-line error before anything heavy
+    fmt = exporter.format  # `-f onnxruntime` is the onnx format
     configs = build_configs(exporter, precisions, options, tolerances)
     if samples < 1 or calibration_samples < 1:
         raise ConfigError("--samples and --calibration-samples must be >= 1")
@@ -73,14 +78,13 @@ def export(checkpoint: Path, fmt: str, precisions: tuple[str, ...], out: Path, d
             row = {"format": fmt, "precision": config.precision, "path": str(target)}
             rows.append(row)
             progress.update(bar, description=f"export {fmt} {config.precision}")
-            kwargs = _kwargs(exporter.export, calibration=obs.calibration, example=obs.calibration[:2],
-                             source=checkpoint, base=base_art, threads=threads)
-            art = _attempt(row, lambda: exporter.export(vla, config, target, **kwargs))
+            inputs = ExportInputs(calibration=obs.calibration, example=obs.calibration[:2], source=checkpoint,
+                                  base=base_art, threads=threads)
+            art = _attempt(row, lambda: exporter.export(vla, config, target, inputs))
             progress.advance(bar)
             if art is not None:
                 progress.update(bar, description=f"validate {fmt} {config.precision} on {len(obs.validation)} observations")
-                _attempt(row, lambda: exporter.validate(art, vla, obs.validation,
-                                                        **_kwargs(exporter.validate, threads=threads)))
+                _attempt(row, lambda: exporter.validate(art, vla, obs.validation, threads=threads))
             progress.advance(bar)
             _fill_row(row, target)
             if base is None and art is not None and art.format == "onnx" and art.precision == "fp32" \
@@ -125,14 +129,6 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict:
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return out
-
-
-def _kwargs(fn: Any, **candidates: Any) -> dict:
-    """The keyword arguments `fn` accepts (exporters take different extras: base, calibration, ...)."""
-    params = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return {k: v for k, v in candidates.items() if k in params or v is not None}
-    return {k: v for k, v in candidates.items() if k in params}
 
 
 def _attempt(row: dict, fn: Any) -> Any:

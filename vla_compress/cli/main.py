@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..backends import known_runtimes
 from ..errors import VLACompressError
 
 
@@ -26,6 +27,9 @@ class _Group(click.Group):
 @click.version_option(package_name="vla-compress")
 def main() -> None:
     """Compress, export, profile and verify Vision-Language-Action robot policies."""
+    from .logs import route_third_party_output
+
+    route_third_party_output()  # third-party warnings and log lines go to a log file, not the terminal
 
 
 def _console():
@@ -86,7 +90,8 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
 @click.option("--workers", default=2, show_default=True, help="Parallel worker processes.")
 @click.option("--first-episode", default=0, show_default=True,
               help="Index of the first evaluation episode per task: e.g. 50 after a 50-episode run gives fresh seeds.")
-@click.option("--runtime", default="torch", show_default=True, help="Runtime that runs the checkpoint/artifact.")
+@click.option("--runtime", default="torch", show_default=True,
+              help=f"Runtime that runs the checkpoint/artifact: {known_runtimes()}.")
 @click.option("--execute-steps", type=int, default=None,
               help="Actions executed from each predicted chunk before the policy runs again (default: the whole chunk).")
 @click.option("--max-steps", type=int, default=None, help="Episode step limit (default: the suite's, 300 for MetaWorld).")
@@ -96,6 +101,7 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
     """Closed-loop success of CHECKPOINT in simulation, per task with Wilson 95% intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from ..backends import runtime_name
     from ..errors import ConfigError
     from ..evaluate.rollout import PolicySpec, evaluate
     from ..fileio import write_json
@@ -107,6 +113,7 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
         raise ConfigError("--first-episode must be >= 0")
     if (execute_steps is not None and execute_steps < 1) or (max_steps is not None and max_steps < 1):
         raise ConfigError("--execute-steps and --max-steps must be >= 1")
+    runtime = runtime_name(runtime)  # an unknown runtime fails here, before any worker starts
     if runtime == "torch":
         detect_family(checkpoint)  # fail fast with a clear message before starting workers
     spec = PolicySpec(runtime, str(checkpoint), {"execute_steps": execute_steps} if execute_steps else {})
@@ -218,7 +225,7 @@ def train_reference(dataset: tuple[Path, ...], out: Path, head: str, steps: int,
 @click.option("--beta", default=0.0, show_default=True, help="Probability of executing the expert's action at a step.")
 @click.option("--start-index", default=500, show_default=True, help="First demo seed index (training demos use 0..).")
 @click.option("--workers", default=2, show_default=True)
-@click.option("--runtime", default="torch", show_default=True)
+@click.option("--runtime", default="torch", show_default=True, help=f"Runtime that runs CHECKPOINT: {known_runtimes()}.")
 @click.option("--overwrite", is_flag=True)
 def collect_dagger_cmd(checkpoint: Path, out: Path, episodes_per_task: int, tasks: str, beta: float, start_index: int,
                        workers: int, runtime: str, overwrite: bool) -> None:
@@ -226,6 +233,7 @@ def collect_dagger_cmd(checkpoint: Path, out: Path, episodes_per_task: int, task
     action (DAgger); writes a LeRobot v3 dataset at OUT for train-reference --dataset."""
     from rich.progress import Progress
 
+    from ..backends import runtime_name
     from ..data.dagger import collect_dagger
     from ..evaluate.rollout import PolicySpec
     from ..evaluate.suites import get_suite
@@ -239,7 +247,7 @@ def collect_dagger_cmd(checkpoint: Path, out: Path, episodes_per_task: int, task
 
     with Progress(console=_console()) as progress:
         bar = progress.add_task("policy episodes", total=episodes_per_task * len(task_list))
-        collect_dagger(PolicySpec(runtime, str(checkpoint)), out, task_list, episodes_per_task, beta, workers,
+        collect_dagger(PolicySpec(runtime_name(runtime), str(checkpoint)), out, task_list, episodes_per_task, beta, workers,
                        start_index, overwrite=overwrite, on_episode=seen)
     click.echo(f"wrote {out} ({successes[0]}/{episodes_per_task * len(task_list)} episodes succeeded)")
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from ..backends import runtime_names
+
 _GROUP_COLUMNS = ("vision", "projector", "prefill", "decode", "action_head", "other")
 
 
@@ -19,8 +21,9 @@ _GROUP_COLUMNS = ("vision", "projector", "prefill", "decode", "action_head", "ot
 @click.option("--precision", "-p", "precisions", multiple=True,
               help="Deployment precision for estimates (repeatable): fp32, fp16, bf16, int8, int4 (weight-only W4A16), "
                    "w8a16, ... Default: the artifact's own, else fp16 where the device computes in it.")
-@click.option("--runtime", default=None, help="Runtime for estimates (tensorrt, onnxruntime, torch, llama.cpp); "
-                                              "default: the first of these that runs the precision on the device.")
+@click.option("--runtime", default=None, help=f"Runtime for estimates ({', '.join(runtime_names())}, or an alias: "
+                                              "onnx); default: the first of tensorrt, onnxruntime, torch, llama.cpp "
+                                              "that runs the precision on the device.")
 @click.option("--power-mode", default=None, help="Power mode for estimates (default: the profile's default).")
 @click.option("--steps", default=20, show_default=True, help="Timed policy steps when measuring here.")
 @click.option("--warmup", default=3, show_default=True, help="Untimed steps before them.")
@@ -41,12 +44,14 @@ def profile(targets: tuple[str, ...], hardware: tuple[str, ...], precisions: tup
     TARGET is a checkpoint directory, an exported artifact directory (artifact.json) or preset:NAME
     (e.g. preset:reference-100m, preset:openvla-7b-shape, preset:openvla-7b; meta device, estimate only).
     """
+    from ..backends import runtime_name
     from ..errors import ConfigError
     from ..fileio import write_json
     from ..profile.runner import profile_targets
 
     if steps < 1 or warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
+    runtime = runtime_name(runtime) if runtime else None  # `onnx` is `onnxruntime`, as hardware profiles name it
     console = _console()
     with console.status("profiling") as status:
         result = profile_targets(list(targets), list(hardware), list(precisions), runtime=runtime,

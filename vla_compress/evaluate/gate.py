@@ -13,6 +13,9 @@ d = variant - baseline at the recipe's confidence (two-sided):
   pass          lo >= -B  the drop is within budget with that confidence
   fail          hi <  -B  the drop exceeds the budget with that confidence
   inconclusive  otherwise, with an estimate of the episodes that would decide it
+
+`decide` turns the gates of a run's variants (manifest.Variant records), the deployed variant's
+artifact status and its latency/memory estimate on the target into the run's verdict and exit code.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from ..errors import ConfigError
 from .stats import wilson_interval
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..manifest import Variant
 
 MAX_EPISODES_PER_TASK = 1000  # the evaluation seed range per task (evaluate/seeds.py)
 
@@ -144,3 +150,68 @@ def gate(counts: PairedCounts, max_drop: float, confidence: float = 0.95, tasks:
                    f"-{max_drop:.0%} budget; {more}")
     return GateResult(verdict, counts.baseline_rate, counts.variant_rate, diff, (lo, hi), confidence, max_drop, n,
                       asdict(counts), needed, per_task, message)
+
+
+# --- the run's verdict ---------------------------------------------------------------------------
+EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}  # the exit codes of `vla-compress compress`
+
+
+def target_estimate(profile: dict, name: str) -> dict | None:
+    """The first estimate of variant `name` on the recipe's target that did not fail, or None."""
+    rows = [r for r in (profile.get("estimated", {}).get(name) or {}).get("rows", []) if not r.get("error")]
+    return rows[0] if rows else None
+
+
+def decide(variants: dict[str, "Variant"], evals: dict, profile: dict, budgets: dict, deploy: str,
+           target: dict) -> dict:
+    """Gate every evaluated variant against the baseline; the run's verdict is the deployed
+    variant's (its artifact status, its gate, and the latency/memory budgets on the target)."""
+    n_tasks = len(evals["baseline"]["per_task"]) if "baseline" in evals else 1
+    gates = {}
+    for name, r in evals.items():
+        if name == "baseline":
+            continue
+        g = gate(pair_outcomes(evals["baseline"]["episodes"], r["episodes"]), budgets["max_success_drop"],
+                 budgets["confidence"], n_tasks)
+        gates[name] = g.to_dict()
+    reasons, verdict = [], "pass"
+    v = variants.get(deploy)
+    if v is None:
+        return {"deploy": deploy, "verdict": "fail", "reasons": [f"variant {deploy!r} was not produced"],
+                "gates": gates, "exit_code": EXIT["fail"]}
+    if not v.runnable:
+        verdict = "fail"
+        failures = "; ".join((v.parity or {}).get("failures", []))
+        reasons.append(f"{deploy}: artifact {v.status}" + (f" ({v.error})" if v.error else f" parity: {failures}"))
+    if deploy != "baseline":
+        g = gates.get(deploy)
+        if g is None:
+            verdict = "fail" if verdict == "fail" else "inconclusive"
+            reasons.append(f"{deploy}: no closed-loop success measured ({v.eval_skipped or 'not evaluated'})")
+        else:
+            if g["verdict"] == "fail":
+                verdict = "fail"
+            elif g["verdict"] == "inconclusive" and verdict == "pass":
+                verdict = "inconclusive"
+            reasons.append(f"{deploy}: {g['message']}")
+    est = target_estimate(profile, deploy)
+    if est is not None:
+        lat, hz = est["p50_ms"], est["control_hz"]
+        if budgets["max_latency_ms"] is not None:
+            ok = lat <= budgets["max_latency_ms"]
+            reasons.append(f"estimated latency on {target['hardware']} ({target['runtime']}, {target['precision']}): "
+                           f"{lat:.1f} ms {'<=' if ok else '>'} budget {budgets['max_latency_ms']} ms")
+            verdict = verdict if ok else "fail"
+        if budgets["min_control_hz"] is not None:
+            ok = hz >= budgets["min_control_hz"]
+            reasons.append(f"estimated control rate on {target['hardware']}: {hz:.0f} Hz {'>=' if ok else '<'} "
+                           f"required {budgets['min_control_hz']} Hz")
+            verdict = verdict if ok else "fail"
+        if est.get("fits") is False:
+            verdict = "fail"
+            reasons.append(f"does not fit in {target['hardware']}'s memory (estimated)")
+    elif budgets["max_latency_ms"] is not None or budgets["min_control_hz"] is not None:
+        reasons.append(f"no latency estimate for {deploy} on {target['hardware']}: latency budget not checked")
+        verdict = "fail" if verdict == "fail" else "inconclusive"
+    return {"deploy": deploy, "verdict": verdict, "reasons": reasons, "gates": gates,
+            "target_estimate": est, "exit_code": EXIT[verdict]}

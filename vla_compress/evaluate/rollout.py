@@ -23,7 +23,7 @@ from .suites import Suite, get_suite
 class PolicySpec:
     """How to build a policy in any process: a runtime name and its arguments."""
 
-    runtime: str  # "torch" (later: "onnx", "llama.cpp", "tensorrt")
+    runtime: str  # a backend name or alias (vla_compress/backends.py): torch, onnxruntime (onnx), llama.cpp, tensorrt
     path: str
     options: dict = field(default_factory=dict)
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Sequence
 
 from ..errors import ConfigError, ExportError  # noqa: F401  (ExportError re-exported)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .artifact import Artifact
     from .parity import ParityReport
+    from .template import ExportJob
 
 CONFIG_VERSION = 1
 
@@ -110,17 +111,65 @@ class ExportConfig:
         return cls(**d)
 
 
+@dataclass(frozen=True)
+class ExportInputs:
+    """What an export may use besides the model and its config; each exporter reads what it needs.
+
+    calibration: observations for static quantization (ONNX int8-static, TensorRT int8/fp8 from fp32).
+    example: observations to trace with (>= 2; default: the calibration ones, else the family's synthetic ones).
+    source: the checkpoint the model was loaded from, recorded in the manifest with its file hashes.
+    base: an ONNX artifact of this same model to start from instead of tracing again (ONNX: fp32, to
+          quantize; TensorRT: fp32, or a Q/DQ graph kept as is). GGUF ignores it.
+    threads: threads for the runtime that computes calibration feeds.
+    log: where progress lines go (TensorRT engine builds).
+    """
+
+    calibration: Sequence[dict] | None = None
+    example: Sequence[dict] | None = None
+    source: str | Path | None = None
+    base: "Artifact | str | Path | None" = None
+    threads: int = 1
+    log: Callable[[str], None] | None = None
+
+
 class Exporter:
-    """One output format. Stateless: everything an export needs is in its config and arguments."""
+    """One output format. Stateless: everything an export needs is in its config and inputs.
+
+    `export` is a template written once (export/template.py): check the config and the model's
+    head, start the manifest, write into a staging folder, save the processor files, hash every
+    file, write artifact.json last, and on an unexpected error leave a visible failed artifact.
+    A format implements only its own steps: `prepare` (checks and manifest keys before anything
+    is written) and `write` (its files and manifest entries), and optionally `finish` (after the
+    artifact is complete) and `failure_message`.
+    """
 
     format: ClassVar[str] = ""
+    label: ClassVar[str] = ""  # how messages name the format ("ONNX", "GGUF", "TensorRT")
     config_cls: ClassVar[type[ExportConfig]] = ExportConfig
 
-    def export(self, vla: Any, config: ExportConfig, out_dir: str | Path, **kwargs: Any) -> "Artifact":
+    def export(self, vla: Any, config: ExportConfig, out_dir: str | Path,
+               inputs: ExportInputs | None = None) -> "Artifact":
         """Write the artifact for `vla` under `out_dir` (status "unvalidated") and return it."""
+        from .template import run_export
+
+        return run_export(self, vla, config, Path(out_dir), inputs or ExportInputs())
+
+    # --- the format's steps (see the class docstring) ------------------------------------------
+    def prepare(self, job: "ExportJob") -> None:
+        """Check what this format needs (ConfigError) and add its keys to `job.manifest`."""
+
+    def write(self, job: "ExportJob", stage: Path, tmp: Path) -> None:
+        """Write the format's files into `stage` (`tmp`: scratch space) and record them in `job.manifest`."""
         raise NotImplementedError
 
-    def validate(self, artifact: "Artifact", vla: Any, observations: list[dict]) -> "ParityReport":
+    def finish(self, job: "ExportJob") -> None:
+        """After the artifact is complete on disk (e.g. raise for an artifact written as failed)."""
+
+    def failure_message(self, job: "ExportJob", error: Exception) -> str:
+        """The ExportError message of an unexpected error during `write`."""
+        return f"{self.label} export ({job.config.precision}) failed: {type(error).__name__}: {error}"
+
+    def validate(self, artifact: "Artifact", vla: Any, observations: list[dict], threads: int = 1) -> "ParityReport":
         """Run `artifact` in its runtime on `observations`, compare with `vla` in torch, record the
         verdict in the manifest (status "ok" or "failed") and return the report."""
         raise NotImplementedError

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from ..backends import runtime_name
 from ..errors import ConfigError
 from ..resources import shipped
 
@@ -53,8 +54,6 @@ DEFAULTS: dict[str, Any] = {
     "budgets": {"max_success_drop": 0.10, "confidence": 0.95, "max_latency_ms": None, "min_control_hz": None},
     "profiling": {"steps": 20, "warmup": 3, "threads": None},
 }
-# export format -> the runtime that runs its artifacts in the closed loop
-EXPORT_RUNTIMES = {"onnx": "onnx", "gguf": "llama.cpp", "tensorrt": "tensorrt"}
 
 
 class RecipeError(ConfigError):
@@ -241,6 +240,11 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
         fail(("target", "hardware"), str(e))
     from ..profile.estimate import default_precision, default_runtime, resolve_precision
 
+    if tgt.get("runtime") is not None:  # any spelling a backend accepts, recorded as its canonical name
+        try:
+            tgt["runtime"] = runtime_name(str(tgt["runtime"]))
+        except ConfigError as e:
+            fail(("target", "runtime"), str(e))
     try:
         tgt.setdefault("precision", default_precision(hw, tgt.get("runtime")))
         tgt.setdefault("runtime", default_runtime(hw, tgt["precision"]))
@@ -298,9 +302,7 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
             cfg = export_config(x)
         except ConfigError as e:
             fail(("exports", i), str(e))
-        if cfg.format not in EXPORT_RUNTIMES:
-            fail(("exports", i, "format"), f"no runtime runs {cfg.format!r} artifacts")
-        exports.append(cfg)
+        exports.append(cfg)  # its format is a backend's (export/registry.py): that backend's runtime runs it
     names = [export_variant_name(c) for c in exports]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -12,18 +12,18 @@ evaluated on the same tasks and seeds as the baseline, so the gate compares pair
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 from typing import Any
 
+from ..backends import format_backend, get_backend
 from ..errors import ConfigError
-from .recipe import EXPORT_RUNTIMES, Recipe, export_variant_name
+from ..manifest import Variant, dump_variants
+from .recipe import Recipe, export_variant_name
 from .stages import Hooks, Run, hash_checkpoint
 
 # calibration / validation episodes come from demo seed indices far above what training used
 CALIBRATION_INDEX, VALIDATION_INDEX = 900, 950
-EXIT = {"pass": 0, "fail": 1, "inconclusive": 3}
 
 
 class Pipeline:
@@ -140,11 +140,13 @@ class Pipeline:
         from ..evaluate.rollout import PolicySpec
 
         def fn(work: Path) -> dict:
-            spec = PolicySpec(runtime, str(path.resolve()), {"threads": 1} if runtime != "torch" else {})
+            spec = PolicySpec(runtime, str(path.resolve()), {"threads": 1} if format_of(runtime) else {})
             return self._evaluate(variant, spec)
 
-        return self.run_.stage(f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})",
-                               {"variant": upstream, "runtime": runtime, "evaluation": self._eval_material()}, fn)
+        # the key names the runtime by its short spelling (`onnx`), as runs written before runtime names
+        # became canonical did, so that their evaluations stay cached
+        material = {"variant": upstream, "runtime": get_backend(runtime).short, "evaluation": self._eval_material()}
+        return self.run_.stage(f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})", material, fn)
 
     def _stage_passes(self, cal_key: str) -> dict:
         from ..passes.base import TEACHER
@@ -182,18 +184,14 @@ class Pipeline:
         name = export_variant_name(cfg)
 
         def fn(work: Path) -> dict:
+            from ..export.base import ExportInputs
             from ..export.registry import get_exporter
             from ..models import load_vla
 
             vla = load_vla(source_path, allow_pickle=self.allow_pickle)
             exporter = get_exporter(cfg.format)
-            kwargs: dict[str, Any] = {}
-            params = inspect.signature(exporter.export).parameters
-            if "calibration" in params:
-                kwargs["calibration"] = self.observations("calibration")
-            if "source" in params:
-                kwargs["source"] = source_path
-            art = exporter.export(vla, cfg, work / "artifact", **kwargs)
+            inputs = ExportInputs(calibration=self.observations("calibration"), source=source_path)
+            art = exporter.export(vla, cfg, work / "artifact", inputs)
             report = exporter.validate(art, vla, self.observations("validation"))
             return {"artifact": "artifact", "format": cfg.format, "precision": cfg.precision, "status": art.status,
                     "parity": report.to_dict(), "files": art.files}
@@ -201,13 +199,13 @@ class Pipeline:
         return self.run_.stage(f"export-{name}", f"export {name} and validate parity",
                                {"source": source_key, "export": cfg.to_dict(), "calibration": cal_key}, fn)
 
-    def _stage_profile(self, variants: dict[str, dict]) -> dict:
+    def _stage_profile(self, variants: dict[str, Variant]) -> dict:
         prof, tgt = self.recipe.profiling, self.recipe.target
 
         def fn(work: Path) -> dict:
             return profile_variants(variants, self.observations("validation"), tgt, prof, self.hooks)
 
-        material = {"variants": {k: v["key"] for k, v in variants.items()}, "profiling": prof, "target": tgt}
+        material = {"variants": {k: v.key for k, v in variants.items()}, "profiling": prof, "target": tgt}
         return self.run_.stage("profile", "measure latency here (side by side) and estimate on the target",
                                material, fn)
 
@@ -222,46 +220,48 @@ class Pipeline:
         self._stage_calibration()
         cal_key = self.run_.stage_key("calibration-data")
         ckpt_path = self.checkpoint
-        variants: dict[str, dict] = {"baseline": {"kind": "checkpoint", "runtime": "torch", "path": str(ckpt_path),
-                                                  "key": self.run_.stage_key("checkpoint"), "source": str(ckpt_path)}}
+        variants: dict[str, Variant] = {"baseline": Variant("checkpoint", "torch", str(ckpt_path), path=str(ckpt_path),
+                                                            key=self.run_.stage_key("checkpoint"))}
         source_path, source_key = ckpt_path, self.run_.stage_key("checkpoint")
         if self.recipe.passes:
             res = self._stage_passes(cal_key)
             source_path = self.run_.stage_dir("passes") / res["checkpoint"]
             source_key = self.run_.stage_key("passes")
-            variants["compressed"] = {"kind": "checkpoint", "runtime": "torch", "path": str(source_path),
-                                      "key": source_key, "source": str(source_path), "passes": res["log"],
-                                      "parity": res["vs_baseline"]}
+            variants["compressed"] = Variant("checkpoint", "torch", str(source_path), path=str(source_path),
+                                             key=source_key, passes=res["log"], parity=res["vs_baseline"])
         for cfg in self.recipe.exports:
             name = export_variant_name(cfg)
+            runtime = format_backend(cfg.format).name
             try:
                 res = self._stage_export(cfg, source_path, source_key, cal_key)
-                variants[name] = {"kind": "artifact", "format": cfg.format, "precision": cfg.precision,
-                                  "runtime": EXPORT_RUNTIMES[cfg.format],
-                                  "path": str(self.run_.stage_dir(f"export-{name}") / res["artifact"]),
-                                  "key": self.run_.stage_key(f"export-{name}"), "source": str(source_path),
-                                  "status": res["status"], "parity": res["parity"], "files": res["files"]}
+                variants[name] = Variant("artifact", runtime, str(source_path), format=cfg.format,
+                                         precision=cfg.precision,
+                                         path=str(self.run_.stage_dir(f"export-{name}") / res["artifact"]),
+                                         key=self.run_.stage_key(f"export-{name}"), status=res["status"],
+                                         parity=res["parity"], files=res["files"])
             except ConfigError as e:  # e.g. the runtime's package is missing here: recorded, not fatal
-                variants[name] = {"kind": "artifact", "format": cfg.format, "precision": cfg.precision,
-                                  "runtime": EXPORT_RUNTIMES[cfg.format], "status": "error", "error": str(e),
-                                  "key": None, "source": str(source_path)}
+                variants[name] = Variant("artifact", runtime, str(source_path), format=cfg.format,
+                                         precision=cfg.precision, status="error", error=str(e))
         # every runnable variant in the closed loop, same tasks and seeds
         evals = {}
         for name, v in variants.items():
-            if v.get("status") in ("failed", "error"):
-                v["eval_skipped"] = f"not evaluated: artifact {v['status']}"
+            if not v.runnable:
+                variants[name] = v.skipped(f"not evaluated: artifact {v.status}")
                 continue
-            missing = runtime_missing(v["runtime"])
+            missing = get_backend(v.runtime).missing()
             if missing:
-                v["eval_skipped"] = missing
+                variants[name] = v.skipped(f"not evaluated here: {missing}")
                 continue
-            evals[name] = self._stage_eval(name, v["runtime"], Path(v["path"]), v["key"])
+            evals[name] = self._stage_eval(name, v.runtime, Path(v.path), v.key)
         prof = self._stage_profile({k: v for k, v in variants.items() if k in evals or k == "baseline"})
-        m["variants"] = variants
+        m["variants"] = dump_variants(variants)
         m["evaluations"] = {k: _eval_summary(r) for k, r in evals.items()}
         m["profile"] = prof
         m["checkpoint"]["info"] = info
-        m["verdict"] = decide(self.recipe, variants, evals, prof)
+        from ..evaluate.gate import decide
+
+        r = self.recipe
+        m["verdict"] = decide(variants, evals, prof, r.budgets, r.deploy, r.target)
         m["status"] = "finished"
         m["wall_s_this_invocation"] = round(time.perf_counter() - t0, 1)
         self.run_.save()
@@ -307,18 +307,9 @@ def dataset_fingerprint(path: str | None) -> dict | None:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def runtime_missing(runtime: str) -> str | None:
-    """Why `runtime` cannot run here (its package does not import), or None."""
-    import importlib
-
-    module = {"onnx": "onnxruntime", "llama.cpp": "llama_cpp", "tensorrt": "tensorrt"}.get(runtime)
-    if module is None:
-        return None
-    try:
-        importlib.import_module(module)
-    except Exception as e:  # noqa: BLE001  (an ImportError or a broken native library)
-        return f"not evaluated here: the {runtime} runtime is not available on this machine ({module}: {e})"
-    return None
+def format_of(runtime: str) -> str | None:
+    """The export format a runtime runs (None: torch, which runs checkpoints)."""
+    return get_backend(runtime).format
 
 
 def _eval_summary(r: dict) -> dict:
@@ -326,7 +317,7 @@ def _eval_summary(r: dict) -> dict:
                               "wall_s", "episodes")}
 
 
-def profile_variants(variants: dict[str, dict], observations: list[dict], target: dict, prof: dict,
+def profile_variants(variants: dict[str, Variant], observations: list[dict], target: dict, prof: dict,
                      hooks: Hooks) -> dict:
     """Measure every variant here, one after another in this process (ratios are side by side), and
     estimate the torch model behind each on the target device at its deployment precision."""
@@ -337,9 +328,9 @@ def profile_variants(variants: dict[str, dict], observations: list[dict], target
     out: dict[str, Any] = {"target": target, "measured": {}, "estimated": {}}
     for name, v in variants.items():
         hooks.say(f"measuring {name} here ({prof['warmup']} warm-up + {prof['steps']} steps)")
-        opts = {"threads": prof["threads"] or 1} if v["runtime"] != "torch" else {}
-        policy = PolicySpec(v["runtime"], v["path"], opts).build()
-        if v["runtime"] == "torch" and prof["threads"]:
+        opts = {"threads": prof["threads"] or 1} if format_of(v.runtime) else {}
+        policy = PolicySpec(v.runtime, v.path, opts).build()
+        if not format_of(v.runtime) and prof["threads"]:
             import torch
 
             torch.set_num_threads(prof["threads"])
@@ -348,7 +339,7 @@ def profile_variants(variants: dict[str, dict], observations: list[dict], target
     for name, v in variants.items():
         precision = target["precision"] if name != "baseline" else None
         hooks.say(f"estimating {name} on {target['hardware']}")
-        res = profile_targets([v["source"]], [target["hardware"]], [precision] if precision else [],
+        res = profile_targets([v.source], [target["hardware"]], [precision] if precision else [],
                               runtime=target["runtime"], power_mode=target.get("power_mode"), measure=False)
         rows = [r for r in res["rows"] if r["kind"] == "estimated"]
         trace = res["targets"][0].get("trace") if res["targets"] else None
@@ -357,66 +348,3 @@ def profile_variants(variants: dict[str, dict], observations: list[dict], target
     for name, mm in out["measured"].items():
         mm["speedup_vs_baseline"] = base / mm["latency_ms"]["p50"] if base else None
     return out
-
-
-def _target_estimate(prof: dict, name: str) -> dict | None:
-    rows = [r for r in (prof.get("estimated", {}).get(name) or {}).get("rows", []) if not r.get("error")]
-    return rows[0] if rows else None
-
-
-def decide(recipe: Recipe, variants: dict, evals: dict, prof: dict) -> dict:
-    """Gate every evaluated variant; the run's verdict is the deployed variant's."""
-    from ..evaluate.gate import gate, pair_outcomes
-
-    bud = recipe.budgets
-    n_tasks = len(evals["baseline"]["per_task"]) if "baseline" in evals else 1
-    gates = {}
-    for name, r in evals.items():
-        if name == "baseline":
-            continue
-        g = gate(pair_outcomes(evals["baseline"]["episodes"], r["episodes"]), bud["max_success_drop"],
-                 bud["confidence"], n_tasks)
-        gates[name] = g.to_dict()
-    deploy = recipe.deploy
-    reasons, verdict = [], "pass"
-    v = variants.get(deploy)
-    if v is None:
-        return {"deploy": deploy, "verdict": "fail", "reasons": [f"variant {deploy!r} was not produced"],
-                "gates": gates, "exit_code": EXIT["fail"]}
-    if v.get("status") in ("failed", "error"):
-        verdict = "fail"
-        reasons.append(f"{deploy}: artifact {v['status']}" + (f" ({v.get('error')})" if v.get("error") else
-                                                              f" parity: {'; '.join(v['parity'].get('failures', []))}"))
-    if deploy != "baseline":
-        g = gates.get(deploy)
-        if g is None:
-            verdict = "fail" if verdict == "fail" else "inconclusive"
-            reasons.append(f"{deploy}: no closed-loop success measured ({v.get('eval_skipped', 'not evaluated')})")
-        else:
-            if g["verdict"] == "fail":
-                verdict = "fail"
-            elif g["verdict"] == "inconclusive" and verdict == "pass":
-                verdict = "inconclusive"
-            reasons.append(f"{deploy}: {g['message']}")
-    est = _target_estimate(prof, deploy)
-    tgt = recipe.target
-    if est is not None:
-        lat, hz = est["p50_ms"], est["control_hz"]
-        if bud["max_latency_ms"] is not None:
-            ok = lat <= bud["max_latency_ms"]
-            reasons.append(f"estimated latency on {tgt['hardware']} ({tgt['runtime']}, {tgt['precision']}): "
-                           f"{lat:.1f} ms {'<=' if ok else '>'} budget {bud['max_latency_ms']} ms")
-            verdict = verdict if ok else "fail"
-        if bud["min_control_hz"] is not None:
-            ok = hz >= bud["min_control_hz"]
-            reasons.append(f"estimated control rate on {tgt['hardware']}: {hz:.0f} Hz {'>=' if ok else '<'} "
-                           f"required {bud['min_control_hz']} Hz")
-            verdict = verdict if ok else "fail"
-        if est.get("fits") is False:
-            verdict = "fail"
-            reasons.append(f"does not fit in {tgt['hardware']}'s memory (estimated)")
-    elif bud["max_latency_ms"] is not None or bud["min_control_hz"] is not None:
-        reasons.append(f"no latency estimate for {deploy} on {tgt['hardware']}: latency budget not checked")
-        verdict = "fail" if verdict == "fail" else "inconclusive"
-    return {"deploy": deploy, "verdict": verdict, "reasons": reasons, "gates": gates,
-            "target_estimate": est, "exit_code": EXIT[verdict]}

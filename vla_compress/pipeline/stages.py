@@ -26,9 +26,9 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 from ..fileio import read_json, write_json
+from ..manifest import MANIFEST_VERSION, READABLE_VERSIONS
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
 STAGE_SCHEMA = 1  # bump when a stage's result layout changes: old caches are then recomputed
 
 
@@ -91,9 +91,10 @@ class Run:
         path = self.root / MANIFEST
         if path.is_file():
             manifest = read_json(path)
-            if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
+            if not isinstance(manifest, dict) or manifest.get("manifest_version") not in READABLE_VERSIONS:
                 raise ConfigError(f"{path}: not a vla-compress run manifest (or an incompatible version); "
                                   f"choose another --out folder")
+            manifest["manifest_version"] = MANIFEST_VERSION  # an older run resumes: rewritten in this layout
             self.manifest = manifest
         else:
             if self.root.exists() and any(self.root.iterdir()):

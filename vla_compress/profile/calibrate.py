@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..backends import canonical_or_same
 from ..errors import ConfigError
 from .estimate import RooflineTerms, default_runtime, resolve_precision, roofline_terms
 from .trace import GROUPS, StepTrace
@@ -225,7 +226,7 @@ def calibrate(profile, runs: Sequence[tuple], runtime: str | None = None,
 
     if not runs:
         raise ConfigError("calibration needs at least one measured run")
-    runtime = runtime or default_runtime(profile, runs[0][2])
+    runtime = canonical_or_same(runtime) if runtime else default_runtime(profile, runs[0][2])
     samples: list[Sample] = []
     for i, run in enumerate(runs):
         trace, m, precision = run[:3]

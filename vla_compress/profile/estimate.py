@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import canonical_or_same
 from ..errors import ConfigError
 from .trace import GROUPS, HEAVY_KINDS, StepTrace
 
@@ -227,6 +228,7 @@ def _eta_source(profile, group: str, key: str, runtime: str) -> str:
 def estimate(trace: StepTrace, profile, precision: str | None = None, runtime: str | None = None,
              power_mode: str | None = None, fused: bool | None = None) -> Estimate:
     """Roofline estimate of the traced policy step on `profile` (see the module docstring)."""
+    runtime = canonical_or_same(runtime) if runtime else None  # `onnx` is `onnxruntime` (backends.py)
     precision = precision or default_precision(profile, runtime)
     runtime = runtime or default_runtime(profile, precision)
     spec = resolve_precision(precision, profile, runtime)

@@ -2,8 +2,9 @@
 it on device profiles, optionally calibrate, and return one JSON-ready result (the CLI renders it).
 
 A target is a checkpoint directory (run in torch), an exported artifact directory (run in its
-runtime: ONNX Runtime or llama.cpp) or `preset:NAME`: a model of that shape built on the meta device, which is
-estimated only (nothing is allocated, so OpenVLA-7B-sized presets cost nothing here).
+format's runtime, from its backend record: ONNX Runtime, llama.cpp, TensorRT) or `preset:NAME`: a
+model of that shape built on the meta device, which is estimated only (nothing is allocated, so
+OpenVLA-7B-sized presets cost nothing here).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..backends import export_formats, format_backend, get_backend
 from ..errors import ConfigError, VLACompressError
 
 PRESET_PREFIX = "preset:"
@@ -20,13 +22,6 @@ PRESET_PREFIX = "preset:"
 # name -> "<models subpackage>:<adapter class>", whose realistic() builds it.
 FAMILY_PRESETS = {"openvla-7b": "openvla:OpenVLA", "openvla-7b-oft": "openvla:OpenVLAOFT",
                   "smolvla-450m": "smolvla:SmolVLA"}
-# Artifact precision -> estimator precision
-ARTIFACT_PRECISIONS = {"fp32": "fp32", "fp16": "fp16", "int8-dynamic": "int8", "int8-static": "int8",
-                       "int4-weight": "w4a16",
-                       # GGUF (llama.cpp file types): q8_0 runs q8 x q8 dot products, 4-bit types store int4
-                       "f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_k_m": "int4", "q4_0": "int4"}
-# Artifact format -> (runtime registry name that runs it, runtime name in hardware profiles)
-ARTIFACT_RUNTIMES = {"onnx": ("onnx", "onnxruntime"), "gguf": ("llama.cpp", "llama.cpp")}
 
 
 def preset_names() -> list[str]:
@@ -109,19 +104,19 @@ def resolve_target(spec: str, allow_pickle: bool = False, threads: int | None = 
         from ..export.artifact import Artifact
 
         art = Artifact.load(path)
-        if art.format not in ARTIFACT_RUNTIMES:
-            raise ConfigError(f"{path}: profiling runs {', '.join(ARTIFACT_RUNTIMES)} artifacts; this one is "
+        if art.format not in export_formats():
+            raise ConfigError(f"{path}: profiling runs {', '.join(export_formats())} artifacts; this one is "
                               f"{art.format!r}")
+        backend = format_backend(art.format)
         vla, note = _artifact_model(art)
-        policy_runtime, runtime = ARTIFACT_RUNTIMES[art.format]
 
         def make():
             from ..evaluate.rollout import PolicySpec
 
-            return PolicySpec(policy_runtime, str(path), {"threads": threads or 1}).build()
+            return PolicySpec(backend.name, str(path), {"threads": threads or 1}).build()
 
-        return Target(spec, "artifact", vla=vla, make_policy=make, precision=art.precision, runtime=runtime,
-                      estimate_precision=ARTIFACT_PRECISIONS.get(art.precision), notes=[note] if note else [])
+        return Target(spec, "artifact", vla=vla, make_policy=make, precision=art.precision, runtime=backend.name,
+                      estimate_precision=backend.roofline_precision(art.precision), notes=[note] if note else [])
     if (path / "config.json").is_file():
         from ..models import load_vla
         from ..runtime.policy import TorchPolicy
@@ -133,6 +128,11 @@ def resolve_target(spec: str, allow_pickle: bool = False, threads: int | None = 
 
     raise CheckpointError(path, "not a checkpoint (no config.json), an artifact (no artifact.json) or "
                                 f"'{PRESET_PREFIX}NAME' (presets: {', '.join(preset_names())})")
+
+
+def _roofline_precision(target: Target) -> str | None:
+    """The estimator's precision of what `target` runs in here (its backend's name for it, else as is)."""
+    return get_backend(target.runtime).roofline_precision(target.precision) or target.precision
 
 
 def measured_row(target: Target, m) -> dict:
@@ -222,8 +222,7 @@ def profile_targets(specs: list[str], hardware: list[str], precisions: list[str]
         result["calibration"] = _calibrate(runs, calibration_profile, say)
         hw = load_hardware(calibration_profile)
         for target, trace, _ in runs:
-            rows, full = estimate_rows(target, trace, [hw], [ARTIFACT_PRECISIONS.get(target.precision, target.precision)],
-                                       target.runtime, None)
+            rows, full = estimate_rows(target, trace, [hw], [_roofline_precision(target)], target.runtime, None)
             result["rows"] += rows
             next(t for t in result["targets"] if t["target"] == target.spec)["estimates"] += full
     return result
@@ -248,7 +247,7 @@ def _calibrate(runs: list, profile_name: str, say: Callable[[str], None]) -> dic
     hw = load_hardware(profile_name, calibrated=False)
     by_runtime: dict[str, list] = {}
     for target, trace, m in runs:
-        precision = ARTIFACT_PRECISIONS.get(target.precision, target.precision)
+        precision = _roofline_precision(target)
         by_runtime.setdefault(target.runtime, []).append((trace, m, precision, target.spec))
     out["fits"] = {}
     for rt, rt_runs in by_runtime.items():

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
 from ..errors import ConfigError
 from ..fileio import read_json, write_text
+from ..manifest import Variant, check_version, load_variants
 from . import plots
 
 REPORT = "report.html"
@@ -43,29 +45,30 @@ def _fmt_ms(x: float | None) -> str:
     return "–" if x is None else f"{x:.3g}"
 
 
-def _variant_size(v: dict, m: dict, name: str) -> tuple[int | None, int | None, int | None]:
+def _variant_size(v: Variant, m: dict, name: str, log: list) -> tuple[int | None, int | None, int | None]:
     """(parameters, bytes on disk, FLOPs per policy step) of a variant. Parameters are logical
     (a quantized weight counts as its elements), from the checkpoint stage or the last pass."""
     trace = (m.get("profile", {}).get("estimated", {}).get(name) or {}).get("trace") or {}
     flops = trace.get("flops")
     info = (m.get("checkpoint") or {}).get("info") or {}
     params = (info.get("counts") or {}).get("params_logical")
-    log = ((m.get("variants") or {}).get("compressed") or {}).get("passes") or []
     if name != "baseline" and log:
         params = log[-1]["after"].get("params_logical", params)
-    if v["kind"] == "artifact":
-        size = sum(f.get("bytes", 0) for f in (v.get("files") or {}).values()) or None
+    if v.kind == "artifact":
+        size = sum(f.get("bytes", 0) for f in (v.files or {}).values()) or None
     elif name == "baseline":
         size = sum(f["bytes"] for k, f in m["checkpoint"]["files"].items() if k.endswith(".safetensors")) or None
     else:
-        p = Path(v.get("path", ""))
+        p = Path(v.path or "")
         size = sum(f.stat().st_size for f in p.glob("*.safetensors")) if p.is_dir() else None
     return params, size, flops
 
 
 def build_view(m: dict) -> dict:
-    """Everything the template shows, computed from the manifest."""
-    variants = m.get("variants") or {}
+    """Everything the template shows, computed from the manifest (any version manifest.py reads)."""
+    variants = load_variants(m)
+    compressed = variants.get("compressed")
+    log = (compressed.passes if compressed else None) or []
     evals = m.get("evaluations") or {}
     prof = m.get("profile") or {}
     verdict = m.get("verdict") or {}
@@ -79,11 +82,11 @@ def build_view(m: dict) -> dict:
         meas = (prof.get("measured") or {}).get(name)
         est_rows = (prof.get("estimated") or {}).get(name, {}).get("rows", [])
         est = next((r for r in est_rows if not r.get("error")), None)
-        params, size, flops = _variant_size(v, m, name)
-        parity = v.get("parity") or {}
+        params, size, flops = _variant_size(v, m, name, log)
+        parity = v.parity or {}
         row = {
-            "name": name, "colour": colours[name], "runtime": v.get("runtime"), "kind": v.get("kind"),
-            "status": v.get("status", "ok" if v["kind"] == "checkpoint" else "–"),
+            "name": name, "colour": colours[name], "runtime": v.runtime, "kind": v.kind,
+            "status": v.status or ("ok" if v.kind == "checkpoint" else "–"),
             "params": _fmt_count(params), "size": _fmt_bytes(size), "flops": _fmt_count(flops),
             "p50": _fmt_ms(meas["latency_ms"]["p50"]) if meas else "–",
             "p99": _fmt_ms(meas["latency_ms"]["p99"]) if meas else "–",
@@ -100,11 +103,11 @@ def build_view(m: dict) -> dict:
                           if parity.get("action_l1", parity.get("action_l1_mean")) is not None else "–"),
             "success": f"{ev['mean_success']:.1%}" if ev else "–",
             "success_ci": (f"[{ev['pooled']['ci95'][0]:.0%}, {ev['pooled']['ci95'][1]:.0%}]" if ev else
-                           v.get("eval_skipped", "not evaluated")),
+                           v.eval_skipped or "not evaluated"),
             "gate": gates.get(name, {}).get("verdict", "baseline" if name == "baseline" else "–"),
             "diff": (f"{gates[name]['difference']:+.1%} [{gates[name]['ci'][0]:+.1%}, {gates[name]['ci'][1]:+.1%}]"
                      if name in gates else "–"),
-            "error": v.get("error"),
+            "error": v.error,
         }
         rows.append(row)
         if ev and meas:
@@ -139,7 +142,7 @@ def build_view(m: dict) -> dict:
                        "mem": _fmt_bytes(r.get("memory_bytes")), "dev_mem": _fmt_bytes(r.get("device_memory_bytes"))}
                       for r in est_all],
         "gates": gates, "stages": stages,
-        "passes": [pass_row(p) for p in ((m.get("variants") or {}).get("compressed") or {}).get("passes") or []],
+        "passes": [pass_row(p) for p in log],
         "manifest_json": json.dumps({k: v for k, v in m.items() if k not in ("evaluations",)}, indent=1,
                                     sort_keys=True, default=str),
         "tasks": tasks,
@@ -182,7 +185,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no manifest.json — not a run folder written by `vla-compress compress`")
     m = read_json(path)
-    if not isinstance(m, dict) or "variants" not in m:
+    check_version(m, str(path))
+    if "variants" not in m:
         raise ConfigError(f"{path}: the run has not finished its stages yet (no variants); re-run "
                           f"`vla-compress compress` with the same --out to resume it")
     out = Path(out) if out else run_dir / REPORT

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from .onnxruntime_policy import OnnxRuntimePolicy, session_options
-from .policy import Policy, open_artifact
+from .policy import Policy, artifact_options, open_artifact
 
 
 class HybridRunner:
@@ -132,6 +132,13 @@ class LlamaCppPolicy(OnnxRuntimePolicy):
         self.graphs = HybridRunner(self.artifact, threads=threads, kv_cache=kv_cache, gpu_layers=gpu_layers,
                                    flash_attn=flash_attn)
         self.component_latencies_s: dict[str, list[float]] = {}
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "LlamaCppPolicy":
+        """The policy of PolicySpec("llama.cpp", artifact_dir, options) (see the module docstring)."""
+        o = spec.options
+        return cls(spec.path, threads=o.get("threads", 1), kv_cache=o.get("kv_cache"),
+                   gpu_layers=o.get("gpu_layers", 0), flash_attn=o.get("flash_attn"), **artifact_options(o, "llama.cpp"))
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from .policy import Policy, open_artifact
+from .policy import Policy, artifact_options, open_artifact
 
 
 def session_options(threads: int = 1):
@@ -149,6 +149,12 @@ class OnnxRuntimePolicy(Policy):
         self.name = name
         self.graphs = OnnxGraphs(self.artifact, threads=threads, providers=providers)
         self.component_latencies_s: dict[str, list[float]] = {}
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "OnnxRuntimePolicy":
+        """The policy of PolicySpec(runtime, artifact_dir, options) (see the module docstring)."""
+        o = spec.options
+        return cls(spec.path, threads=o.get("threads", 1), providers=o.get("providers"), **artifact_options(o, "onnx"))
 
     def infer(self, observation: dict) -> np.ndarray:
         t0 = time.perf_counter()

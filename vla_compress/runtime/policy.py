@@ -32,6 +32,12 @@ def open_artifact(artifact_dir: Any, fmt: str, runtime: str, needs: str, allow_f
     return art, get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
 
 
+def artifact_options(options: dict, name: str) -> dict:
+    """The PolicySpec options every artifact policy takes: execute_steps, allow_failed, verify, name."""
+    return {"execute_steps": options.get("execute_steps"), "allow_failed": options.get("allow_failed", False),
+            "verify": options.get("verify", False), "name": options.get("name", name)}
+
+
 class Policy:
     """Base class: subclasses implement `infer(observation) -> (K, A) actions in robot units`."""
 
@@ -76,6 +82,15 @@ class TorchPolicy(Policy):
             torch.set_num_threads(threads)
         self.vla = vla.eval()
         self.name = name
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "TorchPolicy":
+        """The checkpoint at `spec.path`, loaded (options: allow_pickle, execute_steps, name)."""
+        from ..models import load_vla
+
+        o = spec.options
+        return cls(load_vla(spec.path, allow_pickle=o.get("allow_pickle", False)), execute_steps=o.get("execute_steps"),
+                   name=o.get("name", "torch"))
 
     def infer(self, observation: dict) -> np.ndarray:
         return self.vla.act(observation)

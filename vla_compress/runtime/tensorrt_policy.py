@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import ConfigError, ExportError
 from .onnxruntime_policy import OnnxGraphs, OnnxRuntimePolicy
-from .policy import Policy, open_artifact
+from .policy import Policy, artifact_options, open_artifact
 
 
 def engine_runnable(artifact) -> tuple[bool, str]:
@@ -240,3 +240,9 @@ class TensorRTPolicy(OnnxRuntimePolicy):
         self.name = name
         self.graphs = TensorRTGraphs(self.artifact, device=device)
         self.component_latencies_s: dict[str, list[float]] = {}
+
+    @classmethod
+    def from_spec(cls, spec: Any) -> "TensorRTPolicy":
+        """The policy of PolicySpec("tensorrt", artifact_dir, options): device, execute_steps, ..."""
+        o = spec.options
+        return cls(spec.path, device=o.get("device", 0), **artifact_options(o, "tensorrt"))

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ...backends import format_backend
 from ...errors import ConfigError
 from ..base import ExportConfig, Tolerance
 
-PRECISIONS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
+PRECISIONS = tuple(format_backend("gguf").precisions)  # the backend record's (vla_compress/backends.py)
 KV_CACHE_TYPES = ("auto", "f32", "f16")
 FLASH_ATTN = ("auto", "on", "off")
 

@@ -15,23 +15,21 @@ Quantized precisions are made from an f32 GGUF by llama.cpp's own quantizer, so 
 
 from __future__ import annotations
 
-import tempfile
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from ..artifact import Artifact, hash_files, new_manifest, staged_dir
-from ..base import ExportError, Exporter
-from ..family import get_export_family
-from ...passes.quantize.serialize import quantized_modules
-from ..onnx.exporter import _check, _record_failure, _shapes_by_arg, finished, io_signature, source_info
-from ..parity import ParityReport
-from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
+from ...nn.quantized_state import quantized_modules
+from ..artifact import Artifact
+from ..base import Exporter
 from ..onnx.carry import carried_tolerance
+from ..onnx.steps import check_graph_file, io_signature, trace_graph
+from ..parity import ParityReport
+from ..template import ExportJob
+from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from .config import DEFAULT_TOLERANCES, FTYPES, GgufExportConfig
-from .graphs import get_gguf_family
+from .graphs import get_gguf_family, vocab_of
 from .quantize import carry_plan, quantize_gguf, quantized_tensors, tensor_types
 from .writer import llama_hparams, write_llama_gguf
 
@@ -43,66 +41,53 @@ K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")
 
 
 class GgufExporter(Exporter):
+    """The backbone as a GGUF for llama.cpp, the rest as ONNX side graphs.
+
+    Inputs (ExportInputs): example (to trace the side graphs with; default: synthetic ones), source.
+    calibration, base and threads are not used (llama.cpp's quantizers are data-free here).
+    """
+
     format = "gguf"
+    label = "GGUF"
     config_cls = GgufExportConfig
 
-    def export(self, vla: Any, config: GgufExportConfig, out_dir: str | Path, *, example: list[dict] | None = None,
-               source: str | Path | None = None, calibration: list[dict] | None = None, **_: Any) -> Artifact:
-        """Export `vla` to a GGUF + ONNX artifact in `out_dir` (status "unvalidated"; call validate()).
-
-        example: observations to trace the ONNX side graphs with (default: synthetic ones).
-        source: the checkpoint `vla` was loaded from, recorded with its file hashes.
-        calibration: accepted for recipe symmetry and unused (llama.cpp's quantizers are data-free here).
-        """
-        if not isinstance(config, GgufExportConfig):
-            raise ConfigError(f"the gguf exporter needs a GgufExportConfig, got {type(config).__name__}")
-        family = get_export_family(getattr(vla, "family", ""))
-        parts = get_gguf_family(vla.family)
-        meta = family.head_meta(vla)
-        backbone, lm_head = parts.backbone(vla)
+    def prepare(self, job: ExportJob) -> None:
+        parts = get_gguf_family(job.vla.family)
+        backbone, lm_head = parts.backbone(job.vla)
         llama_hparams(backbone)  # unsupported backbones and tokenizers fail before any tracing
-        vocab = parts.vocab(vla)
-        out_dir = Path(out_dir)
-        manifest = new_manifest("gguf", config.precision, config.to_dict(), source_info(vla, source),
-                                opset=config.opset, model=meta, graphs={}, io={})
-        manifest["versions"].update(_llama_versions())
-        try:
-            with staged_dir(out_dir) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as tmp:
-                examples = example or family.example_observations(vla, 2)
-                side: dict[str, dict] = {}
-                for spec in parts.side_graphs(vla, vla.preprocess(list(examples) * (2 if len(examples) < 2 else 1))):
-                    file = stage / f"{spec.name}.onnx"
-                    rep = _trace(spec, file, config.opset, vla, config.carry_quantization)
-                    if rep is not None:
-                        side[spec.name] = rep
-                    manifest["graphs"][spec.name] = {"file": file.name, "weight_bytes_fp32": spec.weight_bytes,
-                                                     "carried_nodes": rep["nodes"] if rep else []}
-                    manifest["io"][spec.name] = io_signature(file)
-                manifest["gguf"] = self._write_gguf(vla, backbone, lm_head, vocab, config, stage / GGUF_FILE, Path(tmp),
-                                                    name=f"{vla.family}-{getattr(vla.cfg, 'preset', 'custom')}")
-                carry = gguf_carry_summary(side, manifest["gguf"])
-                if carry is not None:
-                    manifest["quantization_carry"] = carry | {"enabled": config.carry_quantization}
-                hp = manifest["gguf"]["hparams"]
-                manifest["llama_cpp"] = {
-                    "n_ctx": hp["context"], "kv_cache": config.kv_cache_type, "flash_attn": config.flash_attn_mode,
-                    "hidden": hp["hidden"],
-                    # regression: final hidden states at the query positions (embeddings mode);
-                    # tokens: logits of the last vocabulary ids (the action bins)
-                    "output": "hidden_states" if meta["head"] == "regression" else "logits",
-                    # as the torch backbone attends: causal (LlamaModel, queries included), or
-                    # bidirectional where the family says so (OpenVLA-OFT's parallel decoding)
-                    "attention": meta.get("attention", "causal"),
-                }
-                manifest["processor_files"] = family.save_processor(vla, stage)
-                manifest["files"] = hash_files(stage)
-                Artifact(stage, manifest).save()
-        except (ExportError, ConfigError):
-            raise
-        except Exception as e:
-            _record_failure(out_dir, manifest, e)
-            raise ExportError(out_dir, f"GGUF export ({config.precision}) failed: {type(e).__name__}: {e}") from e
-        return finished(out_dir, manifest)
+        job.notes.update(parts=parts, backbone=backbone, lm_head=lm_head, vocab=vocab_of(job.vla))
+        job.manifest["opset"] = job.config.opset
+        job.manifest["versions"].update(_llama_versions())
+
+    def write(self, job: ExportJob, stage: Path, tmp: Path) -> None:
+        vla, config, manifest, n = job.vla, job.config, job.manifest, job.notes
+        examples = job.inputs.example or job.family.example_observations(vla, 2)
+        side: dict[str, dict] = {}
+        for spec in n["parts"].side_graphs(vla, vla.preprocess(list(examples) * (2 if len(examples) < 2 else 1))):
+            file = stage / f"{spec.name}.onnx"
+            rep = trace_graph(spec, file, config.opset, vla, config.carry_quantization, external=None)
+            check_graph_file(file)
+            if rep is not None:
+                side[spec.name] = rep
+            manifest["graphs"][spec.name] = {"file": file.name, "weight_bytes_fp32": spec.weight_bytes,
+                                             "carried_nodes": rep["nodes"] if rep else []}
+            manifest["io"][spec.name] = io_signature(file)
+        manifest["gguf"] = self._write_gguf(vla, n["backbone"], n["lm_head"], n["vocab"], config, stage / GGUF_FILE,
+                                            tmp, name=vla.model_name)
+        carry = gguf_carry_summary(side, manifest["gguf"])
+        if carry is not None:
+            manifest["quantization_carry"] = carry | {"enabled": config.carry_quantization}
+        hp = manifest["gguf"]["hparams"]
+        manifest["llama_cpp"] = {
+            "n_ctx": hp["context"], "kv_cache": config.kv_cache_type, "flash_attn": config.flash_attn_mode,
+            "hidden": hp["hidden"],
+            # regression: final hidden states at the query positions (embeddings mode);
+            # tokens: logits of the last vocabulary ids (the action bins)
+            "output": "hidden_states" if job.meta["head"] == "regression" else "logits",
+            # as the torch backbone attends: causal (LlamaModel, queries included), or
+            # bidirectional where the family says so (OpenVLA-OFT's parallel decoding)
+            "attention": job.meta.get("attention", "causal"),
+        }
 
     def _write_gguf(self, vla: Any, backbone: Any, lm_head: Any, vocab: Any, config: GgufExportConfig, dst: Path,
                     tmp: Path, name: str) -> dict:
@@ -168,33 +153,6 @@ class GgufExporter(Exporter):
             lambda head: carried_tolerance(config.precision, carried, DEFAULT_TOLERANCES, GGUF_SCHEME_PRECISION))
         return record(artifact, ref, got, tolerance_for,
                       {"torch": torch_s, "llama.cpp+onnxruntime": time.perf_counter() - t1})
-
-
-def _trace(spec: Any, file: Path, opset: int, vla: Any, carry: bool) -> dict | None:
-    """One side graph traced with torch.onnx's dynamo exporter, as the ONNX exporter traces; its
-    torch-quantized Linears carried as in the ONNX export (onnx/carry.py). Returns the carry
-    report, or None when the graph holds no quantized module."""
-    import onnx
-    import torch
-
-    from ..onnx.carry import carry_quantization, float_stand_ins
-
-    with warnings.catch_warnings(), torch.no_grad(), float_stand_ins(spec.module, vla) as quantized:
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(spec.module, spec.args, None, dynamo=True, opset_version=opset,
-                                    input_names=spec.input_names, output_names=spec.output_names,
-                                    dynamic_shapes=_shapes_by_arg(spec), verbose=False, optimize=True)
-    program.save(str(file))
-    report = None
-    if quantized and carry:
-        model = onnx.load(str(file))
-        report = carry_quantization(model, quantized)
-        onnx.save_model(model, str(file))
-    elif quantized:
-        report = {"layers": {}, "nodes": [], "not_carried": {
-            n: "carry_quantization is off: traced as its dequantized float weight" for n in quantized}}
-    _check(file)
-    return report
 
 
 def _output_module(vla: Any, lm_head: Any) -> Any:

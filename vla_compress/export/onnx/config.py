@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ...backends import format_backend
 from ...errors import ConfigError
 from ..base import ExportConfig, Tolerance
 
-PRECISIONS = ("fp32", "int8-dynamic", "int8-static", "int4-weight")
+PRECISIONS = tuple(format_backend("onnx").precisions)  # the backend record's (vla_compress/backends.py)
 
 # Why these numbers. fp32: the graph is the same arithmetic in another kernel library, so
 # differences are float rounding (~1e-6 on the tiny models); 1e-4 leaves room for larger

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ...backends import format_backend
 from ...errors import ConfigError
 from ..base import ExportConfig, Tolerance
 
-PRECISIONS = ("fp32", "fp16", "int8", "fp8")
+PRECISIONS = tuple(format_backend("tensorrt").precisions)  # the backend record's (vla_compress/backends.py)
 
 # The builder flags of each precision (TensorRT BuilderFlag names; trtexec flags are the same
 # words in lower case). INT8/FP8 add FP16 so un-quantized layers do not fall back to fp32.

@@ -17,20 +17,19 @@ build_engine.sh, the processor files, and once built <graph>.engine, timing.cach
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ...errors import ConfigError
 from ...fileio import write_json, write_text
-from ..artifact import Artifact, hash_files, new_manifest, staged_dir
-from ..base import ExportError, Exporter
-from ..family import get_export_family, weights_fingerprint
+from ..artifact import Artifact, hash_files
+from ..base import ExportInputs, Exporter
+from ..family import weights_fingerprint
 from ..parity import ParityReport, compare
-from ..onnx.exporter import QuantizationCarryWarning, warn_not_carried
+from ..template import ExportJob, QuantizationCarryWarning
 from ..validation import record, run_or_fail, runner_outputs, source_family, torch_reference
 from .config import TensorRTExportConfig
 from .profiles import axis_ranges, graph_profile
@@ -56,68 +55,59 @@ def engine_support() -> tuple[bool, str]:
 
 
 class TensorRTExporter(Exporter):
+    """Engines (or their build files) from this model's ONNX graphs; see the module docstring.
+
+    Inputs (ExportInputs): base (an ONNX artifact of this model: fp32, or a Q/DQ graph kept as is for
+    int8/fp8; default: trace the fp32 graphs now), calibration (int8/fp8 from fp32), example,
+    source, threads (calibration runs), log (engine build progress). A graph that is not
+    TensorRT-ready raises ExportError listing the offending ops, after the artifact is written,
+    marked failed, for inspection.
+    """
+
     format = "tensorrt"
+    label = "TensorRT"
     config_cls = TensorRTExportConfig
 
-    def export(self, vla: Any, config: TensorRTExportConfig, out_dir: str | Path, *,
-               base: Artifact | str | Path | None = None, calibration: list[dict] | None = None,
-               example: list[dict] | None = None, source: str | Path | None = None, threads: int = 1,
-               log: Callable[[str], None] | None = None) -> Artifact:
-        """Write the TensorRT artifact for `vla` in `out_dir` and return it (status "unvalidated").
+    def prepare(self, job: ExportJob) -> None:
+        job.manifest.update(readiness={}, engine=None)
 
-        base: an ONNX artifact of this model (fp32, or a Q/DQ graph kept as is for int8/fp8);
-              default: trace the fp32 graphs now. calibration: observations for int8/fp8 from fp32.
-        Raises ExportError listing the offending ops when a graph is not TensorRT-ready (the
-        artifact is written anyway, marked failed, for inspection).
-        """
-        from ..onnx.exporter import _record_failure, source_info
-        from .build_engine import BuildError, build_engines
+    def write(self, job: ExportJob, stage: Path, tmp: Path) -> None:
+        from .build_engine import build_engines
 
-        if not isinstance(config, TensorRTExportConfig):
-            raise ConfigError(f"the tensorrt exporter needs a TensorRTExportConfig, got {type(config).__name__}")
-        family = get_export_family(getattr(vla, "family", ""))
-        meta = family.head_meta(vla)
-        config.check_head(meta["head"])
-        out_dir = Path(out_dir)
-        manifest = new_manifest("tensorrt", config.precision, config.to_dict(), source_info(vla, source),
-                                model=meta, graphs={}, io={}, readiness={}, engine=None)
-        reports: dict[str, ReadinessReport] = {}
-        try:
-            with staged_dir(out_dir) as stage, tempfile.TemporaryDirectory(dir=stage.parent) as tmp:
-                carry = config.carry_quantization and config.precision == "int8"
-                onnx_art = self._onnx_graphs(vla, base, Path(tmp), example or calibration, source, meta, carry)
-                manifest["onnx_base"] = {"path": str(onnx_art.path.resolve()) if base is not None else None,
-                                         "precision": onnx_art.precision, "opset": onnx_art.manifest.get("opset")}
-                reports = self._prepare(vla, family, config, onnx_art, stage, Path(tmp), calibration, threads, manifest)
-                ranges = axis_ranges(config, onnx_art.manifest)
-                profiles = {n: graph_profile(manifest["io"][n]["inputs"], ranges) for n in manifest["graphs"]}
-                qdq = {t for r in reports.values() for t, n in r.qdq.items() if n}
-                plan = build_plan(config, {n: {"onnx": g["file"], "profile": profiles[n]}
-                                           for n, g in manifest["graphs"].items()}, qdq)
-                self._write_build_files(stage, plan, manifest)
-                manifest["profiles"] = {"axes": {k: list(v) for k, v in ranges.items()}, "graphs": profiles}
-                manifest["processor_files"] = family.save_processor(vla, stage)
-                if all(r.ok for r in reports.values()):
-                    manifest["engine"], manifest["engine_note"] = self._maybe_build(config, plan, stage, log,
-                                                                                    build_engines)
-                else:
-                    manifest["status"] = "failed"
-                    manifest["error"] = "not TensorRT-ready: " + "; ".join(
-                        f"{p['op']} x{p['count']}" for r in reports.values() for p in r.problems)
-                manifest["files"] = hash_files(stage)
-                Artifact(stage, manifest).save()
-        except (ExportError, ConfigError):
-            raise
-        except BuildError as e:
-            _record_failure(out_dir, manifest, e)
-            raise ExportError(out_dir, f"TensorRT engine build ({config.precision}) failed: {e}") from e
-        except Exception as e:
-            _record_failure(out_dir, manifest, e)
-            raise ExportError(out_dir, f"TensorRT export ({config.precision}) failed: {type(e).__name__}: {e}") from e
-        if manifest.get("quantization_carry"):  # after the artifact is complete: a warning never fails it
-            warn_not_carried(out_dir, manifest["quantization_carry"])
-        require_ready(reports, out_dir)
-        return Artifact.load(out_dir)
+        vla, config, inputs, manifest = job.vla, job.config, job.inputs, job.manifest
+        carry = config.carry_quantization and config.precision == "int8"
+        onnx_art = self._onnx_graphs(vla, inputs.base, tmp, inputs.example or inputs.calibration, inputs.source,
+                                     job.meta, carry)
+        manifest["onnx_base"] = {"path": str(onnx_art.path.resolve()) if inputs.base is not None else None,
+                                 "precision": onnx_art.precision, "opset": onnx_art.manifest.get("opset")}
+        reports = self._engine_graphs(vla, job.family, config, onnx_art, stage, tmp, inputs.calibration, inputs.threads,
+                                manifest)
+        job.notes["reports"] = reports
+        ranges = axis_ranges(config, onnx_art.manifest)
+        profiles = {n: graph_profile(manifest["io"][n]["inputs"], ranges) for n in manifest["graphs"]}
+        qdq = {t for r in reports.values() for t, n in r.qdq.items() if n}
+        plan = build_plan(config, {n: {"onnx": g["file"], "profile": profiles[n]}
+                                   for n, g in manifest["graphs"].items()}, qdq)
+        self._write_build_files(stage, plan, manifest)
+        manifest["profiles"] = {"axes": {k: list(v) for k, v in ranges.items()}, "graphs": profiles}
+        manifest["processor_files"] = job.family.save_processor(vla, stage)  # before a (slow) engine build
+        if all(r.ok for r in reports.values()):
+            manifest["engine"], manifest["engine_note"] = self._maybe_build(config, plan, stage, inputs.log,
+                                                                            build_engines)
+        else:
+            manifest["status"] = "failed"
+            manifest["error"] = "not TensorRT-ready: " + "; ".join(
+                f"{p['op']} x{p['count']}" for r in reports.values() for p in r.problems)
+
+    def finish(self, job: ExportJob) -> None:
+        require_ready(job.notes["reports"], job.out_dir)
+
+    def failure_message(self, job: ExportJob, error: Exception) -> str:
+        from .build_engine import BuildError
+
+        if isinstance(error, BuildError):
+            return f"TensorRT engine build ({job.config.precision}) failed: {error}"
+        return super().failure_message(job, error)
 
     # --- stages ------------------------------------------------------------------------------
     def _onnx_graphs(self, vla: Any, base: Artifact | str | Path | None, tmp: Path, example: list[dict] | None,
@@ -131,7 +121,7 @@ class TensorRTExporter(Exporter):
             with warnings.catch_warnings():  # what is not carried is reported by this exporter, for TensorRT
                 warnings.simplefilter("ignore", QuantizationCarryWarning)
                 return OnnxExporter().export(vla, OnnxExportConfig(carry_quantization=carry), tmp / "onnx-fp32",
-                                             example=example, source=source)
+                                             ExportInputs(example=example, source=source))
         base = base if isinstance(base, Artifact) else Artifact.load(base)
         if base.format != "onnx":
             raise ConfigError(f"{base.path}: base must be an ONNX artifact, is {base.format!r}")
@@ -140,11 +130,11 @@ class TensorRTExporter(Exporter):
             raise ConfigError(f"{base.path}: base artifact was exported from different weights than this model")
         return base
 
-    def _prepare(self, vla: Any, family: Any, config: TensorRTExportConfig, onnx_art: Artifact, stage: Path,
+    def _engine_graphs(self, vla: Any, family: Any, config: TensorRTExportConfig, onnx_art: Artifact, stage: Path,
                  tmp: Path, calibration: list[dict] | None, threads: int, manifest: dict) -> dict[str, ReadinessReport]:
         """Write the graphs TensorRT builds into `stage`, check each, record them in the manifest."""
-        from ..onnx.exporter import OnnxExporter
         from ..onnx.quantize import op_summary
+        from ..onnx.steps import calibration_feeds
         from .quantize import prepare_graph
 
         from_fp32 = onnx_art.precision == "fp32"
@@ -162,8 +152,7 @@ class TensorRTExporter(Exporter):
             graphs = {n: (onnx_art.file(g["file"]), 0) for n, g in onnx_art.manifest["graphs"].items()}
             # the ONNX exporter's calibration feeds: prefill inputs per observation and, for a tokens
             # head, the decode inputs (KV caches) its own greedy loop really produces
-            feeds = OnnxExporter()._calibration_feeds(vla, family, tmp, graphs, calibration[: config.calibration_limit],
-                                                      threads)
+            feeds = calibration_feeds(vla, family, tmp, graphs, list(calibration)[: config.calibration_limit], threads)
         reports = {}
         for name, g in onnx_art.manifest["graphs"].items():
             dst = stage / g["file"]
