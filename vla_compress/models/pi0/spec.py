@@ -1,0 +1,23 @@
+"""The π0 / π0.5 specs (see models/spec.py): LeRobot's pi0 and pi05 policies read natively from
+their checkpoint files. One folder, two families: they share the network code and differ in the
+action expert's time conditioning and where the state enters (configuration_pi0 says how)."""
+
+from ..spec import FamilySpec
+
+_HERE = __package__
+_COMMON = dict(
+    load=f"{_HERE}.adapter:load_pi0",
+    presets=f"{_HERE}.presets_pi0",
+    fixtures=f"{_HERE}.fixtures",
+    refused={"gguf": "llama.cpp cannot run the action expert's joint attention to the backbone's keys/values "
+                     "at every layer"},
+)
+
+SPECS = (
+    FamilySpec(name="pi0", summary="LeRobot π0 (PaliGemma 3B: SigLIP + Gemma 2B, Gemma 300M flow-matching action "
+                                   "expert; state token, time MLP)",
+               detect=lambda c: c.get("type") == "pi0", **_COMMON),
+    FamilySpec(name="pi05", summary="LeRobot π0.5 (PaliGemma 3B, Gemma 300M action expert with adaptive RMSNorm "
+                                    "on the time; the state discretised into the prompt)",
+               detect=lambda c: c.get("type") == "pi05", **_COMMON),
+)
