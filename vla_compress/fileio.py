@@ -81,13 +81,54 @@ def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] |
         save_file(tensors, str(tmp), metadata=metadata)
 
 
-def load_safetensors(path: str | Path) -> dict:
-    """Load a safetensors file, with a clear error for a missing, truncated or corrupt file."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def pickle_weights_beside(path: str | Path) -> list[Path]:
+    """Pickle weight files (*.bin, *.pt, *.pth, *.ckpt) in `path`'s folder, other than OpenVLA-OFT's
+    component files (`<part>--<step>_checkpoint.pt`, read by that family on their own)."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES and "--" not in p.name and p.is_file())
+
+
+def missing_weights(path: str | Path, reads_pickle: bool = False) -> CheckpointError:
+    """The error for a missing safetensors file `path`: it names pickle weights found beside it and
+    whether --allow-pickle would read them (`reads_pickle`: the caller's format falls back to them)."""
+    path = Path(path)
+    found = pickle_weights_beside(path)
+    if not found:
+        return CheckpointError(path, "file not found")
+    names = ", ".join(p.name for p in found)
+    if reads_pickle:
+        return UnsafeFileError(path, f"file not found; the folder holds pickle weights ({names}), which are not "
+                                     "unpickled by default: pass --allow-pickle if you trust them, or convert them "
+                                     "to safetensors")
+    return UnsafeFileError(path, f"file not found; the folder holds pickle weights ({names}), which this format "
+                                 "does not read (not even with --allow-pickle): convert them to safetensors")
+
+
+def load_safetensors(path: str | Path, allow_pickle: bool | None = None) -> dict:
+    """Load a safetensors file, with a clear error for a missing, truncated or corrupt file.
+
+    A missing file's error names pickle weights found beside it (`pytorch_model.bin`, ...). Callers
+    whose format may fall back to such a file pass `allow_pickle` (the user's --allow-pickle): True
+    loads the folder's one pickle weight file instead; False says the flag would."""
     from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(path, "file not found")
+        found = pickle_weights_beside(path)
+        if not allow_pickle or not found:
+            raise missing_weights(path, reads_pickle=allow_pickle is not None)
+        if len(found) > 1:
+            raise CheckpointError(path, f"file not found, and several pickle weight files could stand for it "
+                                        f"({', '.join(p.name for p in found)}); keep one, or convert it to safetensors")
+        state = load_torch_state_dict(found[0], allow_pickle=True)
+        if not isinstance(state, dict):
+            raise CheckpointError(found[0], f"holds a {type(state).__name__}, not a state dict of tensors")
+        return state
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own SafetensorError / OSError variants

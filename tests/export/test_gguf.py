@@ -185,7 +185,7 @@ def test_perturbed_weights_fail_validation(artifacts, models, obs, tmp_path):
     import torch
 
     from vla_compress.export import Artifact, validate
-    from vla_compress.export.gguf.graphs import reference_vocab
+    from vla_compress.export.gguf.graphs import vocab_of
     from vla_compress.export.gguf.writer import write_llama_gguf
     from vla_compress.runtime.llamacpp_policy import LlamaCppPolicy
 
@@ -196,7 +196,7 @@ def test_perturbed_weights_fail_validation(artifacts, models, obs, tmp_path):
     with torch.no_grad():
         for p in bad.layers[1].mlp.parameters():
             p.add_(torch.randn_like(p) * 0.5 * p.std())
-    write_llama_gguf(path / "backbone.gguf", bad, None, reference_vocab(vla), "f32")
+    write_llama_gguf(path / "backbone.gguf", bad, None, vocab_of(vla), "f32")
     art = Artifact.load(path)
     report = validate(art, vla, obs)
     assert not report.passed and art.status == "failed" and Artifact.load(path).status == "failed"

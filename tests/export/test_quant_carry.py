@@ -18,8 +18,8 @@ from vla_compress.export.onnx.carry import carry_quantization
 from vla_compress.export.onnx.exporter import QuantizationCarryWarning
 from vla_compress.passes import apply_passes
 from vla_compress.passes.quantize import Int4WeightOnlyConfig, Int8StaticActivationInt8WeightConfig
-from vla_compress.passes.quantize.modules import Int4WeightOnlyLinear, Int8WeightOnlyLinear
-from vla_compress.passes.quantize.serialize import quantized_modules
+from vla_compress.nn.quantized import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+from vla_compress.nn.quantized_state import quantized_modules
 
 
 def quantized(tiny_models, head: str, config):
@@ -292,7 +292,7 @@ def test_int8_onnx_forms_compute_what_the_torch_modules_compute(cls):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from vla_compress.passes.quantize import modules
+    from vla_compress.nn import quantized as modules
 
     torch.manual_seed(0)
     lin = torch.nn.Linear(48, 24, bias=False)

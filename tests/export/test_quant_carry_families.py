@@ -14,7 +14,7 @@ from vla_compress.export import Artifact, export, validate
 from vla_compress.export.onnx import OnnxExportConfig
 from vla_compress.passes import apply_passes, synthetic_observations
 from vla_compress.passes.quantize import Int4WeightOnlyConfig, Int8WeightOnlyConfig
-from vla_compress.passes.quantize.serialize import quantized_modules
+from vla_compress.nn.quantized_state import quantized_modules
 
 FAMILIES = ("openvla", "openvla-oft", "smolvla")
 

@@ -20,7 +20,7 @@ from vla_compress.passes.prune import LayerDropConfig, WidthPruneConfig
 from vla_compress.passes.quantize import (FqnToConfig, Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
                                           Int8StaticActivationInt8WeightConfig, Int8WeightOnlyConfig,
                                           MixedPrecisionConfig)
-from vla_compress.passes.quantize.modules import Int4WeightOnlyLinear, Int8StaticLinear
+from vla_compress.nn.quantized import Int4WeightOnlyLinear, Int8StaticLinear
 from vla_compress.passes.tokens import TokenMergeConfig, VisualTokenPruneConfig
 
 # passes (and chains) that fit the deep tiny model; every registered pass appears at least once
@@ -156,8 +156,18 @@ def test_bad_compression_json_names_the_file(fresh, tmp_path):
     vla = fresh("regression")
     apply_passes(vla, [TokenMergeConfig(r=2)])
     path = vla.save_pretrained(tmp_path / "tome")
-    info = json.loads((path / "compression.json").read_text())
-    assert info["token_merge"] == {"r_per_layer": [2, 2], "mode": "unmerge"}
+    # the schedule is in token_reduction.json, as for every family
+    tokens = json.loads((path / "token_reduction.json").read_text())
+    assert tokens["token_merge"] == {"r_per_layer": {"encoder": [2, 2]}, "mode": "unmerge"}
+    # a checkpoint written before that kept the reference family's schedule in compression.json: still read
+    (path / "token_reduction.json").unlink()
+    info = {**json.loads((path / "compression.json").read_text()),
+            "token_merge": {"r_per_layer": [2, 2], "mode": "unmerge"}}
+    (path / "compression.json").write_text(json.dumps(info))
+    x = vla.preprocess([{"images": {c: im for c, im in vla.dummy_observation()["images"].items()},
+                         "state": vla.dummy_observation()["state"], "instruction": "open the door"}])
+    with torch.inference_mode():
+        assert torch.equal(ReferenceVLA.from_pretrained(path).predict_chunk(x), vla.predict_chunk(x))
     for bad, words in (({**info, "token_merge": {"r_per_layer": [2, 2, 2], "mode": "unmerge"}}, "3 entries"),
                        ({**info, "token_merge": {"r_per_layer": [2, 2], "mode": "sideways"}}, "token_merge must be"),
                        ({**info, "format_version": 2}, "format_version"),

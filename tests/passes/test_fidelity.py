@@ -38,7 +38,7 @@ def test_each_entry_measures_the_model_after_it_against_the_original(fresh, make
     for e in (first, second):
         f = e["fidelity"]
         assert f["observations"] == 4 and f["token_agreement"] is None
-        assert f["reference"] == "the model before the first pass"
+        assert f["baseline"] == "the model before the first pass"
         assert 0 < f["action_l1"] <= f["action_max_abs"]
     # the second entry compares the final model with the original, not with the model after pass 1
     assert np.isclose(second["fidelity"]["action_l1"], np.abs(final - original).mean(), rtol=1e-5)
@@ -98,6 +98,6 @@ def test_every_pass_records_fidelity_fields(fresh, make_obs, name):
     config = {"pass": "width-prune", "mlp_ratio": 0.5, "where": "backbone"} if name == "width-prune" else EXAMPLES[name]
     apply_passes(vla, [config], ctx)  # (the width-prune example's round_to does not fit this model)
     f = vla.compression_log[-1]["fidelity"]
-    assert set(f) == {"observations", "reference", "action_l1", "action_max_abs", "token_agreement"}
+    assert set(f) == {"observations", "baseline", "action_l1", "action_max_abs", "token_agreement"}
     assert f["observations"] == 2 and 0 <= f["token_agreement"] <= 1 and f["action_l1"] >= 0
     assert "size_on_disk_bytes" in vla.compression_log[-1]["after"]

@@ -16,7 +16,7 @@ from vla_compress.passes.quantize import (FqnToConfig, Int4WeightOnlyConfig, Int
                                           Int8StaticActivationInt8WeightConfig, Int8WeightOnlyConfig,
                                           MixedPrecisionConfig, quantization_scheme)
 from vla_compress.passes.quantize.awq import awq_scale
-from vla_compress.passes.quantize.modules import (Int4WeightOnlyLinear, Int8DynamicLinear, Int8StaticLinear,
+from vla_compress.nn.quantized import (Int4WeightOnlyLinear, Int8DynamicLinear, Int8StaticLinear,
                                                   Int8WeightOnlyLinear, pack_int4, unpack_int4)
 
 

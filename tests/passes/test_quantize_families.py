@@ -15,7 +15,7 @@ from vla_compress.errors import CheckpointError
 from vla_compress.passes import apply_passes
 from vla_compress.passes.quantize import Int4WeightOnlyConfig, Int8WeightOnlyConfig
 from vla_compress.passes.quantize.config import Int8DynamicActivationInt8WeightConfig
-from vla_compress.passes.quantize.modules import Int4WeightOnlyLinear
+from vla_compress.nn.quantized import Int4WeightOnlyLinear
 
 FAMILIES = ("openvla", "openvla-oft", "smolvla")
 

@@ -11,7 +11,7 @@ from vla_compress.errors import PassError
 from vla_compress.models.reference import ReferenceVLA
 from vla_compress.passes import apply_passes
 from vla_compress.passes.tokens import TokenMergeConfig, VisualTokenPruneConfig
-from vla_compress.passes.tokens.tome import bipartite_merge
+from vla_compress.nn.tome import bipartite_merge
 
 
 @pytest.mark.parametrize("head", ["regression", "tokens"])

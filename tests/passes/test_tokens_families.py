@@ -12,7 +12,7 @@ import torch
 from vla_compress.errors import CheckpointError, PassError
 from vla_compress.passes import PassContext, apply_passes, calibration_dataset, synthetic_observations
 from vla_compress.passes.tokens import TokenMergeConfig, VisualTokenPruneConfig
-from vla_compress.passes.tokens.state import TOKENS_FILE
+from vla_compress.checkpoint.tokens import TOKENS_FILE
 
 FAMILIES = ("openvla", "openvla-oft", "smolvla")
 
@@ -143,18 +143,19 @@ def test_token_merge_unmerges_to_the_full_grid(models, tmp_path, family):
 
 def test_tome_without_merges_is_the_original_encoder(models):
     """Proportional attention with every size 1 is plain attention: r = 0 changes nothing."""
-    from vla_compress.passes.tokens.tome_families import encoders, install_tome
+    from vla_compress.models import family_of
 
     for family in ("openvla", "smolvla"):
         vla = copy.deepcopy(models[family])
         obs = observations(vla, 1)
         ref = predict(vla, obs)
+        encoders, install_tome = (family_of(vla).hook("tokens", n) for n in ("encoders", "install_tome"))
         install_tome(vla, {"r_per_layer": {n: [0] * e[3] for n, e in encoders(vla).items()}, "mode": "unmerge"})
         torch.testing.assert_close(predict(vla, obs), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_dinov2_prefix_tokens_never_merge(models, monkeypatch):
-    from vla_compress.passes.tokens import tome_families
+    from vla_compress.nn import tome as tome_families
 
     seen = []
     original = tome_families.bipartite_merge
@@ -207,7 +208,9 @@ def test_bad_token_reduction_file_is_a_checkpoint_error(models, tmp_path):
 def test_smolvla_ranking_counts_language_state_and_action_queries(models):
     """At every VLM depth the visual tokens are scored by the real language + state rows of the
     prefill and by the expert's action queries at every Euler step (self- or cross-attention)."""
-    from vla_compress.passes.tokens.fastv_smolvla import patch_tokens, rank_smolvla
+    from vla_compress.models.smolvla.tokens_smolvla import full_visual_tokens as patch_tokens
+    from vla_compress.models.smolvla.tokens_smolvla import rank_visual_tokens
+    from vla_compress.passes.calibration import run
 
     vla = models["smolvla"]
     ctx = context(vla, 2)
@@ -216,7 +219,7 @@ def test_smolvla_ranking_counts_language_state_and_action_queries(models):
     queries = len(inputs) * vla.cfg.chunk_size * vla.cfg.num_steps
     kinds = set()
     for layer, plan in enumerate(vla.action_head.plan):
-        score, rows = rank_smolvla(vla, layer, ctx.calibration, patch_tokens(vla))
+        score, rows = rank_visual_tokens(vla, layer, ctx.calibration, patch_tokens(vla), run)
         assert rows == real_prefix_rows + (queries if plan.expert is not None else 0)
         assert score.shape == (patch_tokens(vla),) and bool((score > 0).all())
         kinds.add(plan.kind)

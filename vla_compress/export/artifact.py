@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ExportError
 from ..fileio import read_json, write_json
-from .base import ExportError
 
 MANIFEST = "artifact.json"
 MANIFEST_VERSION = 1

@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, ExportError
 from .artifact import MANIFEST, Artifact, hash_files, new_manifest, replace_dir, sha256_file, staged_dir
-from .base import ExportConfig, ExportInputs
 from .family import get_export_family, weights_fingerprint
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .base import Exporter
+    from .base import ExportConfig, Exporter, ExportInputs
 
 
 @dataclass

@@ -101,6 +101,14 @@ class VLAAdapter:
 
     family: ClassVar[str] = ""
     COMPONENTS: ClassVar[tuple[str, ...]] = ("vision_encoder", "projector", "backbone", "action_head")
+    # Every adapter also has `visual_keep`: a LongTensor of the visual-token indices the model keeps
+    # (empty: all of them), set by visual-token-prune and saved in token_reduction.json, and
+    # `compression_log`: one entry per pass applied (saved in compression.json).
+
+    @property
+    def model_name(self) -> str:
+        """A short name of the model's shape (its preset, else "custom"), for artifact metadata."""
+        return f"{self.family}-{getattr(getattr(self, 'cfg', None), 'preset', None) or 'custom'}"
 
     # --- identity ----------------------------------------------------------------------
     @property
@@ -115,6 +123,22 @@ class VLAAdapter:
         return {n: getattr(self, n) for n in self.COMPONENTS if getattr(self, n, None) is not None}
 
     # --- I/O ----------------------------------------------------------------------------
+    def dummy_observation(self, instruction: str | None = None) -> dict:
+        """A valid all-zero observation with every camera the model reads at its size, and a state
+        when the model reads one (FLOP counting, example inputs, smoke tests)."""
+        raise NotImplementedError
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The camera names an observation must hold, in the model's order."""
+        return tuple(self.dummy_observation()["images"])
+
+    @property
+    def state_dim(self) -> int:
+        """Size of the proprio state an observation must hold (0: the model reads none)."""
+        obs = self.dummy_observation()
+        return int(np.asarray(obs["state"]).shape[0]) if "state" in obs else 0
+
     def preprocess(self, observations: list[dict]) -> dict:
         """Batch raw observations into model inputs (tensors)."""
         raise NotImplementedError
@@ -146,3 +170,24 @@ class VLAAdapter:
     def tiny(cls, seed: int = 0, **kwargs: Any) -> "VLAAdapter":
         """A tiny random copy of this family for tests."""
         raise NotImplementedError
+
+
+# --- canonical module names ("backbone.layers.0.mlp.up_proj": component, then its path) ----------
+def get_module(vla: Any, name: str) -> Any:
+    comp, _, rel = name.partition(".")
+    mod = vla.components()[comp]
+    for part in rel.split(".") if rel else ():
+        mod = getattr(mod, part)
+    return mod
+
+
+def set_module(vla: Any, name: str, new: Any) -> None:
+    """Replace the module at a canonical name (a whole component goes through the adapter, which
+    knows where the checkpoint keeps it)."""
+    comp, _, rel = name.partition(".")
+    if not rel:
+        setattr(vla, comp, new)
+        return
+    parent_name, _, leaf = rel.rpartition(".")
+    parent = get_module(vla, f"{comp}.{parent_name}" if parent_name else comp)
+    setattr(parent, leaf, new)

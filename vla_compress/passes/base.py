@@ -23,6 +23,7 @@ from fnmatch import fnmatchcase
 from typing import Any, ClassVar, Iterable
 
 from ..errors import PassError
+from ..models.base import get_module, set_module  # noqa: F401  (re-exported: canonical module names)
 
 CALIBRATION = "calibration"
 TEACHER = "teacher"
@@ -220,26 +221,6 @@ def scoped_modules(vla: Any, config: PassConfig, kinds: tuple[type, ...] | None 
     if w.exclude:
         selected = {n: m for n, m in selected.items() if not any(matches(p, n) for p in w.exclude)}
     return selected
-
-
-def get_module(vla: Any, name: str) -> Any:
-    comp, _, rel = name.partition(".")
-    mod = vla.components()[comp]
-    for part in rel.split(".") if rel else ():
-        mod = getattr(mod, part)
-    return mod
-
-
-def set_module(vla: Any, name: str, new: Any) -> None:
-    """Replace the module at a canonical name (a whole component goes through the adapter, which
-    knows where the checkpoint keeps it)."""
-    comp, _, rel = name.partition(".")
-    if not rel:
-        setattr(vla, comp, new)
-        return
-    parent_name, _, leaf = rel.rpartition(".")
-    parent = get_module(vla, f"{comp}.{parent_name}" if parent_name else comp)
-    setattr(parent, leaf, new)
 
 
 # --- the context -------------------------------------------------------------------------------------

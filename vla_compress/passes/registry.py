@@ -1,4 +1,5 @@
-"""One registry of passes by name: config class, apply function (resolved lazily), families.
+"""One registry of passes by name: config class, apply function (resolved lazily), and the family
+capability it needs (models/spec.py: "prune", "tokens", "distill"; none for quantization).
 
 Config modules register their passes when imported; they import no torch, so listing passes or
 validating a recipe stays cheap. The apply function is named as "module:function" and imported
@@ -26,7 +27,7 @@ class PassSpec:
     name: str
     config_cls: type[PassConfig]
     apply_path: str  # "package.module:function"
-    families: tuple[str, ...] = ()  # empty = every family
+    needs: str = ""  # the family capability the pass needs ("" = every family)
     summary: str = ""
 
     @property
@@ -34,22 +35,38 @@ class PassSpec:
         module, _, fn = self.apply_path.partition(":")
         return getattr(importlib.import_module(module), fn)
 
+    def families(self) -> tuple[str, ...]:
+        """The registered families this pass runs on."""
+        from ..models.registry import families
+
+        return tuple(n for n, f in families().items() if not self.needs or f.supports(self.needs))
+
     def check_family(self, vla: Any) -> None:
-        family = getattr(vla, "family", "")
-        if self.families and family not in self.families:
-            raise PassError(f"pass {self.name!r} supports the {', '.join(self.families)} famil"
-                            f"{'y' if len(self.families) == 1 else 'ies'}, not {family!r}")
+        from ..errors import ConfigError
+        from ..models.registry import family_of
+
+        if not self.needs:
+            return
+        try:
+            spec = family_of(vla)
+        except ConfigError:  # not a registered family
+            spec = None
+        if spec is None or not spec.supports(self.needs):
+            why = spec and (spec.refused.get(self.name) or spec.refused.get(self.needs))
+            have = self.families()
+            raise PassError(f"pass {self.name!r} supports the {', '.join(have)} famil"
+                            f"{'y' if len(have) == 1 else 'ies'}, not {getattr(vla, 'family', '')!r}"
+                            + (f" ({why})" if why else ""))
 
 
-def register_pass(config_cls: type[PassConfig], apply: str, families: tuple[str, ...] = (),
-                  summary: str = "") -> type[PassConfig]:
+def register_pass(config_cls: type[PassConfig], apply: str, needs: str = "", summary: str = "") -> type[PassConfig]:
     name = config_cls.name
     if not name:
         raise PassError(f"{config_cls.__name__} has no pass name")
     if name in _PASSES and _PASSES[name].config_cls is not config_cls:
         raise PassError(f"pass {name!r} is registered twice ({_PASSES[name].config_cls.__name__}, "
                         f"{config_cls.__name__})")
-    _PASSES[name] = PassSpec(name, config_cls, apply, families, summary or (config_cls.__doc__ or "").split("\n")[0])
+    _PASSES[name] = PassSpec(name, config_cls, apply, needs, summary or (config_cls.__doc__ or "").split("\n")[0])
     return config_cls
 
 

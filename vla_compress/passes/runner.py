@@ -82,10 +82,10 @@ def policy_outputs(vla: Any, observations: list[dict], batch: int = 8) -> dict:
     import torch
 
     from ..errors import ConfigError
-    from ..export.family import get_export_family
+    from ..models.registry import family_of
 
     try:
-        family = get_export_family(getattr(vla, "family", ""))
+        family = family_of(vla).hook("export", "export_family")()
     except ConfigError:  # a family without export hooks: action chunks only
         family = None
     parts: list[dict] = []
@@ -105,7 +105,7 @@ def fidelity(reference: dict, got: dict) -> dict:
     import numpy as np
 
     a, b = np.asarray(reference["actions"], np.float64), np.asarray(got["actions"], np.float64)
-    out = {"observations": int(a.shape[0]), "reference": "the model before the first pass",
+    out = {"observations": int(a.shape[0]), "baseline": "the model before the first pass",
            "action_l1": float(np.abs(a - b).mean()), "action_max_abs": float(np.abs(a - b).max()),
            "token_agreement": None}
     if "bins" in reference and "bins" in got:

@@ -27,6 +27,7 @@ def candidates(vla: Any, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, list
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         raise ConfigError(f"unknown sweep kind(s) {unknown}; known: {', '.join(KINDS)}")
+    from ..models.registry import family_of
     from .prune.layout import family_stacks
 
     comps = vla.components()
@@ -49,7 +50,7 @@ def candidates(vla: Any, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, list
                 out.append((f"width-prune {comp} mlp {r:.0%}", [{"pass": "width-prune", "mlp_ratio": r, "where": comp}]))
                 out.append((f"width-prune {comp} heads {r:.0%}",
                             [{"pass": "width-prune", "heads_ratio": r, "where": comp, **gqa}]))
-    if "visual-token-prune" in kinds and getattr(vla, "family", "") == "reference":
+    if "visual-token-prune" in kinds and family_of(vla).supports("tokens"):
         for r in RATIOS:
             out.append((f"visual-token-prune keep {1 - r:.0%}", [{"pass": "visual-token-prune", "keep_ratio": 1 - r}]))
     for kind, cfg in (("int8", {"pass": "int8-dynamic"}), ("int4", {"pass": "int4-weight-only", "group_size": 64})):

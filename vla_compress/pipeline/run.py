@@ -285,7 +285,7 @@ def weights_on_disk(path: Path) -> int:
 def record_disk_sizes(vla: Any, n_passes: int, original: Path, saved: Path) -> None:
     """Fill `size_on_disk_bytes` of the compression log where it is known (the original checkpoint
     before this run's first pass, the saved one after its last) and rewrite its compression.json."""
-    from ..passes.checkpoint import save_compression
+    from ..checkpoint.compression import write_compression
 
     log = getattr(vla, "compression_log", None) or []
     if not log or n_passes < 1:
@@ -295,7 +295,7 @@ def record_disk_sizes(vla: Any, n_passes: int, original: Path, saved: Path) -> N
         first["before"]["size_on_disk_bytes"] = weights_on_disk(original)
     if log[-1].get("after"):
         log[-1]["after"]["size_on_disk_bytes"] = weights_on_disk(saved)
-    save_compression(vla, saved)
+    write_compression(saved, log)
 
 
 def dataset_fingerprint(path: str | None) -> dict | None:

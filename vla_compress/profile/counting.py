@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 
 @dataclass
@@ -28,14 +27,7 @@ class StepCount:
 
 
 def dummy_observation(vla, instruction: str | None = None) -> dict:
-    if hasattr(vla, "dummy_observation"):  # families that know their own cameras and state size
-        return vla.dummy_observation(instruction)
-    cfg = vla.cfg
-    s = cfg.vision.image_size
-    from ..models.reference.adapter import DEFAULT_INSTRUCTION
-
-    return {"images": {cam: np.zeros((s, s, 3), np.uint8) for cam in cfg.vision.cameras},
-            "state": np.zeros(cfg.proprio_dim, np.float32), "instruction": instruction or DEFAULT_INSTRUCTION}
+    return vla.dummy_observation(instruction)
 
 
 def param_bytes(module, read_only: bool = False) -> int:

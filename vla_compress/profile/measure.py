@@ -87,11 +87,6 @@ def example_observations(policy, n: int = 4, seed: int = 0) -> list[dict]:
         template = dummy_observation(vla)
     elif callable(getattr(processor, "observation_template", None)):  # an artifact processor that knows its inputs
         template = processor.observation_template()
-    elif getattr(getattr(policy, "processor", None), "cfg", None) is not None:
-        cfg = policy.processor.cfg
-        s = cfg.vision.image_size
-        template = {"images": {cam: np.zeros((s, s, 3), np.uint8) for cam in cfg.vision.cameras},
-                    "state": np.zeros(cfg.proprio_dim, np.float32), "instruction": ""}
     else:
         raise ConfigError(f"cannot build observations for a {type(policy).__name__}; pass observations=")
     rng = np.random.default_rng(seed)

@@ -18,16 +18,12 @@ from ..backends import export_formats, format_backend, get_backend
 from ..errors import ConfigError, VLACompressError
 
 PRESET_PREFIX = "preset:"
-# Presets of other families (the reference presets come from configuration_reference.PRESETS):
-# name -> "<models subpackage>:<adapter class>", whose realistic() builds it.
-FAMILY_PRESETS = {"openvla-7b": "openvla:OpenVLA", "openvla-7b-oft": "openvla:OpenVLAOFT",
-                  "smolvla-450m": "smolvla:SmolVLA"}
 
 
 def preset_names() -> list[str]:
-    from ..models.reference.configuration_reference import PRESETS
+    from ..models.registry import preset_names as names
 
-    return [*PRESETS, *FAMILY_PRESETS]
+    return list(names())
 
 
 @dataclass
@@ -45,20 +41,9 @@ class Target:
 
 def build_preset(name: str):
     """A model of preset `name` on the meta device (shapes only, nothing allocated)."""
-    import torch
+    from ..models.registry import build_preset as build
 
-    from ..models.reference import ReferenceVLA
-    from ..models.reference.configuration_reference import PRESETS
-
-    if name in FAMILY_PRESETS:
-        import importlib
-
-        package, cls = FAMILY_PRESETS[name].split(":")
-        return getattr(importlib.import_module(f"..models.{package}", __package__), cls).realistic(device="meta")
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset '{name}'; known: {', '.join(preset_names())}")
-    with torch.device("meta"):
-        return ReferenceVLA.from_preset(name)
+    return build(name)
 
 
 def _dtype_precision(vla) -> str:
@@ -67,25 +52,17 @@ def _dtype_precision(vla) -> str:
 
 
 def _artifact_model(art):
-    """A meta-device model of an artifact's network for tracing: the reference family is rebuilt
-    from the artifact's own config.json (which records pruning and token budgets); other families
-    from the source checkpoint recorded in the manifest, if it is still there."""
-    import torch
+    """A meta-device model of an artifact's network for tracing: rebuilt from the artifact's own files
+    where its family can (`meta_model_from_artifact`, which sees pruning and token budgets), else
+    loaded from the source checkpoint recorded in the manifest, if it is still there."""
+    from ..models.registry import get_family
 
     family = art.manifest.get("model", {}).get("family") or art.manifest.get("source", {}).get("family")
-    if family == "reference" and (art.path / "config.json").is_file():
-        from ..fileio import read_json
-        from ..models.reference import ReferenceVLA
-        from ..models.reference.configuration_reference import ReferenceConfig
-        from ..models.tokenizer import InstructionTokenizer
-
-        cfg = ReferenceConfig.from_dict(read_json(art.path / "config.json"))
-        tokenizer = InstructionTokenizer.from_file(art.path / "tokenizer.json")
-        with torch.device("meta"):
-            vla = ReferenceVLA.build(cfg, tokenizer=tokenizer)
-            if cfg.visual_token_budget:
-                vla.visual_keep = torch.zeros(cfg.visual_tokens, dtype=torch.long)
-        return vla, None
+    spec = get_family(family) if family else None
+    if spec is not None and spec.has_hook("presets", "meta_model_from_artifact"):
+        vla = spec.hook("presets", "meta_model_from_artifact")(art.path)
+        if vla is not None:
+            return vla, None
     src = (art.manifest.get("source") or {}).get("checkpoint")
     if src and Path(src).is_dir():
         from ..models import load_vla

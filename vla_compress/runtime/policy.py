@@ -21,7 +21,7 @@ def open_artifact(artifact_dir: Any, fmt: str, runtime: str, needs: str, allow_f
     unless `allow_failed`, an artifact that failed validation; `verify` re-checks file hashes."""
     from ..errors import ConfigError
     from ..export.artifact import Artifact
-    from ..export.family import get_export_family
+    from ..export.family import load_artifact_processor
 
     art = Artifact.load(artifact_dir)
     if art.format != fmt:
@@ -29,7 +29,7 @@ def open_artifact(artifact_dir: Any, fmt: str, runtime: str, needs: str, allow_f
     art.require_usable(allow_failed)
     if verify:
         art.verify_files()
-    return art, get_export_family(art.manifest["model"]["family"]).load_processor(art.path)
+    return art, load_artifact_processor(art.manifest["model"]["family"], art.path)
 
 
 def artifact_options(options: dict, name: str) -> dict:

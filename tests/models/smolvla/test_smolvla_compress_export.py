@@ -16,7 +16,7 @@ from vla_compress.models.smolvla import SmolVLA
 from vla_compress.passes import PassContext, apply_passes, calibration_dataset, synthetic_observations
 from vla_compress.passes.quantize import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
                                           Int8WeightOnlyConfig)
-from vla_compress.passes.quantize.modules import Int4WeightOnlyLinear, Int8DynamicLinear, Int8WeightOnlyLinear
+from vla_compress.nn.quantized import Int4WeightOnlyLinear, Int8DynamicLinear, Int8WeightOnlyLinear
 
 from .conftest import make_obs
 

@@ -110,7 +110,7 @@ def carry_plan(backbone: Any, output: Any, names: dict[int, str], n_heads: int, 
 def _encode(m: Any, name: str, permute: Any) -> CarriedTensor:
     import gguf
 
-    from ...passes.quantize.modules import unpack_int4
+    from ...nn.quantized import unpack_int4
 
     fmt = m.scheme["format"]
     rows = m.out_features

@@ -48,7 +48,7 @@ def float_stand_ins(wrapper: Any, vla: Any) -> Iterator[dict[str, Any]]:
     model's own, else its path in the wrapper). The original modules are always put back."""
     from torch import nn
 
-    from ...passes.quantize.serialize import quantized_modules
+    from ...nn.quantized_state import quantized_modules
 
     canonical = {id(m): n for n, m in quantized_modules(vla).items()}
     swapped: list[tuple[Any, str, Any]] = []

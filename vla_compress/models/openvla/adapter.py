@@ -32,8 +32,7 @@ from torch import nn
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import read_json, write_json
-from ...passes.checkpoint import restore_compression, save_compression
-from ...passes.tokens.state import restore_token_state, save_token_state
+from ..sidecars import restore_modules, restore_state, save_sidecars
 from ..base import ActionSpec, TokenCounts, VLAAdapter
 from ..reference.adapter import load_strict
 from . import checkpoint_openvla as ckpt
@@ -123,8 +122,7 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
         main = {k: v for k, v in self.state_dict().items() if k.split(".", 1)[0] not in parts}
         ckpt.write_weights(main, path, max_shard_bytes)
         self._save_parts(path)
-        save_token_state(self, path)  # token_reduction.json: visual keep set / ToMe schedule, when reduced
-        save_compression(self, path)  # quantization.json (quantized modules) / compression.json (the pass log)
+        save_sidecars(self, path)  # quantization.json / token_reduction.json / compression.json, when compressed
         write_json(path / "config.json", self.cfg.to_dict())  # last: config.json marks a complete checkpoint
         return path
 
@@ -182,9 +180,9 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
             model = target._load(cfg, tokenizer, images, common, parts, dtype)
         except ConfigError as e:
             raise CheckpointError(path, str(e)) from None
-        restore_compression(model, path)  # quantized modules and the pass log, before the strict load
+        restore_modules(model, path)  # quantized modules, before the strict load
         load_strict(_WeightsView(model), state, weights_file)
-        return restore_token_state(model, path).eval()
+        return restore_state(model, path).eval()  # keep set, ToMe schedule, the pass log
 
     @classmethod
     def _load(cls, cfg, tokenizer, images, common, parts, dtype) -> "_OpenVLABase":
@@ -197,7 +195,7 @@ class _OpenVLABase(OpenVLAModule, VLAAdapter):
         Non-persistent buffers (Llama's rotary inv_freq) are rebuilt since to_empty leaves them unset."""
         from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
-        from ...passes.prune.surgery import restore_layer_sizes
+        from ..sidecars import restore_layer_sizes
 
         with torch.device("meta"):
             model = cls(*args, **kwargs)

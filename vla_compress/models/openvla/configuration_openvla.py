@@ -136,7 +136,7 @@ class AdapterSettings:
             d["cameras"] = tuple(str(c) for c in d["cameras"])
         d["vision_backbone_overrides"] = tuple(dict(o) for o in d.get("vision_backbone_overrides") or ())
         if d.get("layer_sizes") is not None:
-            from ...passes.prune.surgery import parse_layer_sizes
+            from ...checkpoint.layer_sizes import parse_layer_sizes
 
             d["layer_sizes"] = {k: [list(r) for r in v]
                                 for k, v in parse_layer_sizes(d["layer_sizes"], SETTINGS_KEY).items()}

@@ -30,8 +30,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import CheckpointError, ConfigError
-from ...export.family import ArtifactProcessor, ExportFamily, randomized_examples
-from ...export.onnx.graphs import KV, GraphSpec, flat_cache, register_graphs, weight_bytes
+from ..contracts import KV, ArtifactProcessor, ExportFamily, GgufFamily, GraphSpec, flat_cache, randomized_examples, weight_bytes
 from ...fileio import read_json, write_json, write_text
 
 RUNTIME_FILE = "openvla_runtime.json"
@@ -155,8 +154,10 @@ def openvla_tokens_to_actions(tokens: np.ndarray, meta: dict) -> np.ndarray:
     return centers[idx].reshape(tokens.shape[0], meta["chunk_size"], meta["action_dim"])
 
 
-def openvla_export_family() -> ExportFamily:
-    return ExportFamily(_save_processor, OpenVLAArtifactProcessor, _torch_outputs, _head_meta, _examples)
+def export_family() -> ExportFamily:
+    return ExportFamily(_save_processor, OpenVLAArtifactProcessor, _torch_outputs, _head_meta, _examples,
+                        onnx_graphs=_openvla_graphs,
+                        gguf=GgufFamily(_gguf_side_graphs, _gguf_backbone, _gguf_vocab))
 
 
 # --- ONNX graphs ----------------------------------------------------------------------------------------
@@ -268,8 +269,6 @@ def _openvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     ]
 
 
-register_graphs("openvla")(_openvla_graphs)
-register_graphs("openvla-oft")(_openvla_graphs)
 
 
 # --- GGUF (OpenVLA's Llama in llama.cpp; vision, projector and embeddings in ONNX) ------------------------
@@ -325,19 +324,7 @@ def _gguf_backbone(vla: Any) -> tuple[Any, Any]:
     return vla.language_model.model, (vla.language_model.lm_head.weight if vla.family == "openvla" else None)
 
 
-def _gguf_vocab(vla: Any) -> Any:
-    from ...export.gguf.writer import vocab_from_tokenizer
-
+def _gguf_vocab(vla: Any) -> tuple[Any, int, int, int | None]:
     t = vla.tokenizer
     pad = t.tok.token_to_id("<PAD>")  # OpenVLA's added pad token (id 32000 in openvla-7b), if present
-    return vocab_from_tokenizer(t.tok, t.bos_id, t.eos_id, pad)
-
-
-def _register_gguf() -> None:
-    from ...export.gguf.graphs import GgufFamily, register_gguf_family
-
-    for name in ("openvla", "openvla-oft"):
-        register_gguf_family(name, GgufFamily(_gguf_side_graphs, _gguf_backbone, _gguf_vocab))
-
-
-_register_gguf()
+    return t.tok, t.bos_id, t.eos_id, pad

@@ -6,8 +6,9 @@ Checkpoint layout (a directory):
     tokenizer.json            the instruction tokenizer (byte-level BPE + 256 action tokens)
     dataset_statistics.json   OpenVLA-style {dataset: {"action": {q01, q99, mask}, "proprio": {...}}}
     training.json             optional: how it was trained (data, steps, seed, time, hardware)
-    quantization.json         when quantized: module name -> scheme (passes/quantize/serialize.py)
-    compression.json          when compressed: the compression log, ToMe's schedule (passes/checkpoint.py)
+    quantization.json         when quantized: module name -> scheme (checkpoint/quantization.py)
+    token_reduction.json      when token-reduced: the visual keep set, ToMe's schedule (checkpoint/tokens.py)
+    compression.json          when compressed: the compression log (checkpoint/compression.py)
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import load_safetensors, read_json, save_safetensors, write_json
-from ...passes.checkpoint import restore_compression, save_compression
+from ..sidecars import restore_modules, restore_state, save_sidecars
 from ..base import ActionSpec, Normalizer, TokenCounts, VLAAdapter
 from ..tokenizer import InstructionTokenizer
 from .configuration_reference import PRESETS, BackboneConfig, ReferenceConfig, VisionConfig
@@ -66,6 +67,11 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
         text = 1 + len(self.processor.prompt_ids(instruction or DEFAULT_INSTRUCTION))  # BOS + prompt
         return TokenCounts(visual=self.cfg.visual_tokens, text=text, proprio=1, action=self.cfg.action_tokens)
 
+    def dummy_observation(self, instruction: str | None = None) -> dict:
+        s = self.cfg.vision.image_size
+        return {"images": {cam: np.zeros((s, s, 3), np.uint8) for cam in self.cfg.vision.cameras},
+                "state": np.zeros(self.cfg.proprio_dim, np.float32), "instruction": instruction or DEFAULT_INSTRUCTION}
+
     def preprocess(self, observations: list[dict]) -> dict:
         return self.processor(observations)
 
@@ -80,14 +86,14 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_safetensors(self.state_dict(), path / "model.safetensors", metadata={"format": "pt"})
-        save_compression(self, path)  # quantization.json / compression.json when compressed
+        save_sidecars(self, path)  # quantization.json / token_reduction.json / compression.json, when compressed
         if self.training_info:
             write_json(path / "training.json", self.training_info)
         write_processor_files(self, path)  # config.json last: a directory with it is complete
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **_: Any) -> "ReferenceVLA":
+    def from_pretrained(cls, path: str | Path, allow_pickle: bool = False, **_: Any) -> "ReferenceVLA":
         path = Path(path)
         if not path.is_dir():
             raise CheckpointError(path, "checkpoint directory not found")
@@ -97,13 +103,12 @@ class ReferenceVLA(ReferenceVLAModule, VLAAdapter):
             model = cls(cfg, tokenizer, action_norm, state_norm, dataset_name=name, training=training)
         except ConfigError as e:
             raise CheckpointError(path, str(e)) from None
-        restore_compression(model, path)  # quantized modules, ToMe, the compression log
-        state = load_safetensors(path / "model.safetensors")
+        restore_modules(model, path)  # quantized modules, before the strict load
+        state = load_safetensors(path / "model.safetensors", allow_pickle)  # or, opted in, a lone pytorch_model.bin
         if "visual_keep" in state:  # a token-pruned checkpoint: size the buffer before loading
             model.visual_keep = torch.zeros_like(state["visual_keep"])
         load_strict(model, state, path / "model.safetensors")
-        model.eval()
-        return model
+        return restore_state(model, path).eval()  # keep set, ToMe schedule, the pass log
 
     @classmethod
     def build(cls, cfg: ReferenceConfig, tokenizer: InstructionTokenizer | None = None, seed: int = 0,
@@ -208,3 +213,8 @@ def load_strict(model: torch.nn.Module, state: dict, source: Path) -> None:
     if problems:
         raise CheckpointError(source, "does not match config.json: " + "; ".join(problems))
     model.load_state_dict(state, strict=True)
+
+
+def load_reference(path: str | Path, **kwargs: Any) -> ReferenceVLA:
+    """The family spec's loader (`allow_pickle`: read a lone pickle weight file where model.safetensors is missing)."""
+    return ReferenceVLA.from_pretrained(path, **kwargs)

@@ -22,8 +22,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError, ObservationError
 from ...fileio import read_json, save_safetensors, write_json
-from ...passes.checkpoint import restore_compression, save_compression
-from ...passes.tokens.state import restore_token_state, save_token_state
+from ..sidecars import restore_modules, restore_state, save_sidecars
 from ..base import ActionSpec, TokenCounts, VLAAdapter
 from ..reference.adapter import load_strict
 from . import checkpoint_smolvla as ckpt
@@ -163,8 +162,7 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         ckpt.write_files(self.side_files(), path)
         ckpt.write_files({f"{ckpt.VLM_SUBDIR}/{n}": b for n, b in self.vlm_files.items()}, path)
         save_safetensors(checkpoint_view(self).state_dict(), path / ckpt.WEIGHTS, metadata={"format": "pt"})
-        save_token_state(self, path)  # token_reduction.json: visual keep set / ToMe schedule, when reduced
-        save_compression(self, path)  # quantization.json (quantized modules) / compression.json (the pass log)
+        save_sidecars(self, path)  # quantization.json / token_reduction.json / compression.json, when compressed
         write_json(path / "config.json", self.cfg.to_dict())
         return path
 
@@ -185,7 +183,8 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         except ConfigError as e:
             raise CheckpointError(path / "config.json", str(e)) from None
         state, weights_file = ckpt.read_weights(path)
-        from ...passes.prune.surgery import parse_layer_sizes, restore_layer_sizes
+        from ...checkpoint.layer_sizes import parse_layer_sizes
+        from ..sidecars import restore_layer_sizes
 
         try:  # structured pruning records per-layer sizes under the config's `vla_compress` key
             sizes = parse_layer_sizes((cfg.raw.get("vla_compress") or {}).get("layer_sizes"), "vla_compress")
@@ -195,9 +194,9 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         except ConfigError as e:
             raise CheckpointError(path / "config.json", str(e)) from None
         model = model.to(dtype or torch.float32).to_empty(device="cpu")
-        restore_compression(model, path)  # quantized modules and the pass log, before the strict load
+        restore_modules(model, path)  # quantized modules, before the strict load
         load_strict(checkpoint_view(model), state, weights_file)
-        return restore_token_state(model, path).eval()
+        return restore_state(model, path).eval()  # keep set, ToMe schedule, the pass log
 
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs: Any) -> "SmolVLA":

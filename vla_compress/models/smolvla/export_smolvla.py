@@ -20,8 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ...export.family import ArtifactProcessor, ExportFamily, randomized_examples
-from ...export.onnx.graphs import GraphSpec, register_graphs, weight_bytes
+from ..contracts import ArtifactProcessor, ExportFamily, GraphSpec, randomized_examples, weight_bytes
 from ...fileio import read_json, write_json
 
 RUNTIME_FILE = "smolvla_runtime.json"
@@ -82,11 +81,11 @@ def _examples(vla: Any, n: int = 2) -> list[dict]:
     return randomized_examples(vla, n, ["pick up the object and place it at the goal", "open the door"])
 
 
-def smolvla_export_family() -> ExportFamily:
-    return ExportFamily(_save_processor, SmolVLAArtifactProcessor, _torch_outputs, _head_meta, _examples)
+def export_family() -> ExportFamily:
+    return ExportFamily(_save_processor, SmolVLAArtifactProcessor, _torch_outputs, _head_meta, _examples,
+                        onnx_graphs=smolvla_graphs)
 
 
-@register_graphs("smolvla")
 def smolvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     import torch
     from torch import nn

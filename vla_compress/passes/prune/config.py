@@ -8,7 +8,6 @@ from ..base import CALIBRATION, PassConfig
 from ..registry import register_pass
 
 _PRUNABLE = ("backbone", "vision_encoder", "action_head")  # action_head: SmolVLA's expert layers
-_FAMILIES = ("reference", "openvla", "openvla-oft", "smolvla")  # those with a layout in layout.py
 
 
 @dataclass(frozen=True)
@@ -87,5 +86,5 @@ class WidthPruneConfig(PassConfig):
         return frozenset({CALIBRATION}) if self.importance == "wanda" else frozenset()
 
 
-register_pass(LayerDropConfig, "vla_compress.passes.prune.layers:drop_layers", families=_FAMILIES)
-register_pass(WidthPruneConfig, "vla_compress.passes.prune.width:prune_width", families=_FAMILIES)
+register_pass(LayerDropConfig, "vla_compress.passes.prune.layers:drop_layers", needs="prune")
+register_pass(WidthPruneConfig, "vla_compress.passes.prune.width:prune_width", needs="prune")

@@ -20,9 +20,9 @@ from ...errors import PassError
 from ..base import PassContext
 from ..calibration import run
 from .config import LayerDropConfig
-from .family_config import sync_config
-from .layout import Stack, scoped_layers
-from .surgery import check_layer_float
+from ...nn.stacks import Stack
+from .layout import scoped_layers, sync_config
+from ...nn.surgery import check_layer_float
 
 
 class _Stream:

@@ -17,9 +17,9 @@ from typing import Any
 from ..base import PassContext
 from ..calibration import collect_input_stats
 from .config import WidthPruneConfig
-from .family_config import sync_config
-from .layout import Stack, scoped_layers
-from .surgery import check_layer_float, keep_channels, keep_heads
+from ...nn.stacks import Stack
+from .layout import scoped_layers, sync_config
+from ...nn.surgery import check_layer_float, keep_channels, keep_heads
 
 
 def _proj(stack: Stack, layer: Any, which: str):

@@ -53,7 +53,7 @@ def quantize_by_fqn(vla: Any, config: FqnToConfig, context: PassContext) -> Any:
 def quantize_named(vla: Any, mods: dict[str, Any], config: PassConfig, context: PassContext) -> dict:
     """Quantize the given float Linears with one simple scheme; returns what was done."""
     from .awq import awq_scale
-    from .modules import Int4WeightOnlyLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
+    from ...nn.quantized import Int4WeightOnlyLinear, Int8DynamicLinear, Int8StaticLinear, Int8WeightOnlyLinear
 
     skipped = {}
     if isinstance(config, Int4WeightOnlyConfig):
@@ -110,6 +110,6 @@ def static_scale(sample: Any, percentile: float) -> float:
 
 def quantization_scheme(vla: Any) -> dict[str, dict]:
     """Canonical module name -> scheme dict of every quantized module (what exporters carry)."""
-    from .serialize import quantized_modules
+    from ...nn.quantized_state import quantized_modules
 
     return {name: dict(m.scheme) for name, m in quantized_modules(vla).items()}

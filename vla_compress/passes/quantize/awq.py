@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .modules import dequantize_int4_groups, quantize_int4_groups
+from ...nn.quantized import dequantize_int4_groups, quantize_int4_groups
 
 
 def awq_scale(weight: torch.Tensor, x: torch.Tensor, mean_abs: torch.Tensor, group_size: int,

@@ -20,7 +20,7 @@ from .config import MixedPrecisionConfig
 
 def _quantized(lin: Any, bits: int, config: MixedPrecisionConfig, stats: Any) -> Any:
     from .awq import awq_scale
-    from .modules import Int4WeightOnlyLinear, Int8WeightOnlyLinear
+    from ...nn.quantized import Int4WeightOnlyLinear, Int8WeightOnlyLinear
 
     if bits == 8:
         return Int8WeightOnlyLinear.from_float(lin)

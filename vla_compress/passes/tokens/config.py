@@ -64,6 +64,5 @@ class TokenMergeConfig(PassConfig):
         self.check_choice("mode", ("unmerge", "reduce"))
 
 
-FAMILIES = ("reference", "openvla", "openvla-oft", "smolvla")
-register_pass(VisualTokenPruneConfig, "vla_compress.passes.tokens.fastv:prune_visual_tokens", families=FAMILIES)
-register_pass(TokenMergeConfig, "vla_compress.passes.tokens.tome:merge_tokens", families=FAMILIES)
+register_pass(VisualTokenPruneConfig, "vla_compress.passes.tokens.fastv:prune_visual_tokens", needs="tokens")
+register_pass(TokenMergeConfig, "vla_compress.passes.tokens.tome:merge_tokens", needs="tokens")

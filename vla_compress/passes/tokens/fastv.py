@@ -8,15 +8,12 @@ calibration set into ONE keep set, applied from the backbone's input (the model'
 index_select after the projector). Static shapes: exports and KV caches keep fixed sizes, and the
 keep set is part of the checkpoint.
 
-Per family (the keep set indexes the visual tokens of every camera / image, in order):
-  reference     BOS [visual] prompt [proprio] [action]: rows after the visual block at layer K, every
-                decode step; keep set in the state dict, budget in config.json.
-  openvla(-oft) the same layout on the HF Llama backbone (OpenVLA: the prompt and each of the 7 decoded
-                tokens; OFT: proprio, prompt, the K*A placeholders and the stop token, bidirectional);
-                `visual_keep` applied in `visual_tokens`, saved to token_reduction.json (state.py).
-  smolvla       [images][language][state] prefix, attention from the real language and state rows
-                and from the action expert's queries (fastv_smolvla.py); image special tokens always
-                kept; `visual_keep` applied in `embed_prefix`, saved to token_reduction.json.
+The keep set indexes the visual tokens of every camera / image, in order. The ranking above is
+the default for HF Llama backbones (layout BOS [visual] prompt [proprio] [action]: rows after the
+visual block at layer K, every decode step); a family whose prefix differs ranks with its own
+`rank_visual_tokens` and counts with `full_visual_tokens` (its `tokens` capability, e.g. SmolVLA's
+[images][language][state] prefix read by the action expert). A family that records the budget in
+its config does so in `record_visual_budget`. The keep set is saved to token_reduction.json.
 
 Not done (future work): the dynamic per-observation variant (rank per input at layer K, keep the
 first K layers at full length) -- it needs a backbone that changes sequence length mid-stack, which
@@ -25,10 +22,10 @@ the HF Llama forward and the static-shape exports do not support.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from ...errors import PassError
+from ...models.registry import family_of
 from ..base import PassContext
 from ..calibration import run
 from .config import VisualTokenPruneConfig
@@ -43,11 +40,10 @@ def prune_visual_tokens(vla: Any, config: VisualTokenPruneConfig, context: PassC
     old_keep = vla.visual_keep
     vla.visual_keep = torch.zeros(0, dtype=torch.long, device=old_keep.device)  # rank every token
     try:
-        if vla.family == "smolvla":
-            from .fastv_smolvla import patch_tokens, rank_smolvla
-
-            full = patch_tokens(vla)
-            score, rows = rank_smolvla(vla, config.layer, context.calibration, full)
+        spec = family_of(vla)
+        if spec.has_hook("tokens", "rank_visual_tokens"):
+            full = spec.hook("tokens", "full_visual_tokens")(vla)
+            score, rows = spec.hook("tokens", "rank_visual_tokens")(vla, config.layer, context.calibration, full, run)
         else:
             first = next(iter(context.calibration))
             with torch.no_grad():
@@ -64,10 +60,8 @@ def prune_visual_tokens(vla: Any, config: VisualTokenPruneConfig, context: PassC
     score = score / max(rows, 1)
     keep = torch.sort(torch.topk(score, budget).indices).values
     vla.visual_keep = keep.to(old_keep.device)
-    if vla.family == "reference":  # its config records the budget (the keep set is in the state dict)
-        new_cfg = replace(vla.cfg, visual_token_budget=budget)
-        vla.cfg = new_cfg
-        vla.processor.cfg = new_cfg
+    if spec.has_hook("tokens", "record_visual_budget"):  # a family whose config records the budget
+        spec.hook("tokens", "record_visual_budget")(vla, budget)
     context.notes.update({"visual_tokens_before": full, "visual_tokens_after": budget, "layer": config.layer,
                           "kept": keep.tolist(),
                           "attention_mass_kept": round(float(score[keep].sum() / score.sum()), 4)})

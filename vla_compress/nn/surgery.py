@@ -1,5 +1,5 @@
-"""Model surgery on a layout's stacks (layout.py): slicing Linear layers to keep some heads / MLP
-channels, and rebuilding pruned shapes when a checkpoint is loaded.
+"""Model surgery on a family's layer stacks (stacks.py): slicing Linear layers to keep some heads / MLP
+channels, and resizing layers to recorded pruned shapes when a checkpoint is loaded.
 
 Every attention module here infers its head count from the projection widths (HF Llama/SigLIP view
 `(..., -1, head_dim)`; timm's `Attention` and SmolVLA's modules reshape with -1), so slicing the
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...errors import ConfigError, PassError
-from .layout import Stack, family_stacks
+from ..errors import PassError
+from .stacks import Stack
 
 
 def check_float(*linears: Any) -> None:
@@ -130,39 +130,3 @@ def resize_layer(stack: Stack, layer: Any, heads: int, kv: int, inter: int) -> N
             mlp.down_proj = _linear_like(mlp.down_proj, inter, d)
         else:
             mlp.fc1, mlp.fc2 = _linear_like(mlp.fc1, d, inter), _linear_like(mlp.fc2, inter, d)
-
-
-def parse_layer_sizes(value: Any, source: str) -> dict[str, list[tuple[int, int, int]]]:
-    """Validate a recorded {stack name: [[heads, kv heads, mlp width], ...]} mapping."""
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{source}: layer_sizes must map a layer stack to [[heads, kv_heads, mlp], ...]")
-    out = {}
-    for name, rows in value.items():
-        ok = isinstance(rows, (list, tuple)) and all(
-            isinstance(r, (list, tuple)) and len(r) == 3 and all(isinstance(x, int) and x > 0 for x in r)
-            and r[0] % r[1] == 0 for r in rows)
-        if not ok:
-            raise ConfigError(f"{source}: layer_sizes.{name} must be a list of [heads, kv_heads, mlp_width] "
-                              f"(positive integers, heads a multiple of kv_heads), got {rows!r}")
-        out[str(name)] = [tuple(r) for r in rows]
-    return out
-
-
-def restore_layer_sizes(vla: Any, sizes: dict[str, list[tuple[int, int, int]]], source: str = "config") -> None:
-    """Rebuild the pruned per-layer shapes recorded in `sizes` on a freshly built model (call before
-    its state dict is loaded; any device, meta included)."""
-    if not sizes:
-        return
-    stacks = {s.name: s for s in family_stacks(vla)}
-    unknown = sorted(set(sizes) - set(stacks))
-    if unknown:
-        raise ConfigError(f"{source}: layer_sizes names unknown layer stacks {unknown} (known: {sorted(stacks)})")
-    for name, rows in sizes.items():
-        stack = stacks[name]
-        if len(rows) != len(stack.layers):
-            raise ConfigError(f"{source}: layer_sizes.{name} lists {len(rows)} layers; the model has "
-                              f"{len(stack.layers)}")
-        for layer, (h, kv, inter) in zip(stack.layers, rows):
-            resize_layer(stack, layer, h, kv, inter)

@@ -1,5 +1,6 @@
-"""FastV-style ranking of SmolVLA's visual tokens.
+"""Token reduction hooks of SmolVLA (the family spec's `tokens` capability).
 
+visual-token-prune, FastV-style ranking of SmolVLA's visual tokens:
 SmolVLA's prefix is [camera 1 tokens] ... [camera N tokens] [language] [state] (each camera's
 tokens framed by [fake][global] ... [fake] when add_image_special_tokens); the action expert's
 queries then read the prefix keys/values of every VLM layer, by self-attention over
@@ -9,6 +10,12 @@ K is the attention it receives, averaged over heads and summed over query rows, 
   - the expert's action queries at the same depth (when an expert layer sits there), every step,
 computed with the model's own attention arithmetic (`modeling_smolvla.attend`: GQA by repeating
 KV heads, float32 logits scaled by head_dim^-0.5, masked entries excluded).
+Image special tokens are always kept; `visual_keep` is applied in `embed_prefix` and saved to
+token_reduction.json.
+
+token-merge: SmolVLM's SigLIP encoder merges between layers and unmerges at its output, since the
+connector pixel-shuffles the full patch grid ("reduce" is refused). The encoder changes class in
+place (`ToMeVisionEncoder`), so parameter names and the checkpoint layout are untouched.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ from typing import Any
 
 import torch
 
-from ...models.smolvla.modeling_smolvla import apply_rope
-from ..calibration import run
+from ...nn.tome import install_swapped, merge_loop, merge_swapped, siglip_layer, swapped_state
+from .modeling_smolvla import apply_rope
+from .modeling_vision import VisionEncoder
+
+REDUCE_REFUSED = "its connector pixel-shuffles the full patch grid"
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -30,7 +40,7 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor) -> tor
     return torch.softmax(scores, dim=-1)
 
 
-def patch_tokens(vla: Any) -> int:
+def full_visual_tokens(vla: Any) -> int:
     """Visual tokens of every camera, without the image special tokens (what a keep set indexes)."""
     specials = 3 if vla.cfg.add_image_special_tokens else 0
     return len(vla.cfg.image_features) * (vla.arch.tokens_per_image - specials)
@@ -47,7 +57,7 @@ def visual_positions(vla: Any, n_vis: int) -> tuple[torch.Tensor, int]:
     return idx // t * per + 2 + idx % t, n * per
 
 
-def rank_smolvla(vla: Any, layer: int, calibration: Any, n_vis: int) -> tuple[torch.Tensor | None, int]:
+def rank_visual_tokens(vla: Any, layer: int, calibration: Any, n_vis: int, run: Any) -> tuple[torch.Tensor | None, int]:
     """(summed scores (n_vis,), query rows summed) over the calibration set; see the module docstring."""
     vis, img_len = visual_positions(vla, n_vis)
     vlm_layer = vla.backbone.layers[layer]
@@ -100,3 +110,31 @@ def rank_smolvla(vla: Any, layer: int, calibration: Any, n_vis: int) -> tuple[to
         if expert is not None:
             delattr(expert, "self_step" if plan.kind == "self" else "cross_step")
     return state["score"], state["rows"]
+
+
+class ToMeVisionEncoder(VisionEncoder):
+    """SmolVLM's SigLIP encoder merging tokens between layers (`tome_r`), unmerged at the output."""
+
+    tome_r: list[int]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return merge_loop(x, list(self.layers), siglip_layer, self.tome_r, 0)
+
+
+def encoders(vla: Any) -> dict[str, tuple[Any, type, int, int]]:
+    ve = vla.vision_encoder
+    n = ve.embeddings._position_ids.numel()
+    return {"encoder": (ve.encoder, ToMeVisionEncoder, n, len(ve.encoder.layers))}
+
+
+def tome_state(vla: Any) -> dict | None:
+    return swapped_state(encoders(vla))
+
+
+def install_tome(vla: Any, merge: dict) -> None:
+    install_swapped(encoders(vla), merge)
+
+
+def merge_tokens(vla: Any, config: Any, context: Any) -> Any:
+    merge_swapped(encoders(vla), config, context, f"{vla.family}: {REDUCE_REFUSED}")
+    return vla
