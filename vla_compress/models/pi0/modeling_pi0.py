@@ -45,11 +45,17 @@ from .modeling_siglip import Projector, SiglipVision
 MASK_VALUE = -2.3819763e38  # openpi's additive mask value (LeRobot's OPENPI_ATTENTION_MASK_VALUE)
 
 
+def acc(dtype: torch.dtype) -> torch.dtype:
+    """The dtype norms, RoPE and softmax compute in: float32, or float64 for a float64 model."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, theta: float = ROPE_THETA) -> torch.Tensor:
     """Rotate-half RoPE of x (B, L, H, D) at positions (B, L), as transformers' Gemma computes it."""
     d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).float() / d))
-    freqs = positions[..., None].float() * inv_freq
+    a = acc(x.dtype)
+    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.int64, device=x.device).to(a) / d))
+    freqs = positions[..., None].to(a) * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     cos, sin = emb.cos().to(x.dtype)[:, :, None], emb.sin().to(x.dtype)[:, :, None]
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
@@ -64,7 +70,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         k, v = k.repeat_interleave(groups, dim=2), v.repeat_interleave(groups, dim=2)
     scores = torch.matmul(q.transpose(1, 2), k.permute(0, 2, 3, 1)) * d**-0.5
     scores = scores + torch.where(mask[:, None], 0.0, MASK_VALUE)
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    probs = torch.softmax(scores, dim=-1, dtype=acc(q.dtype)).to(q.dtype)
     return torch.matmul(probs, v.transpose(1, 2)).transpose(1, 2).reshape(b, lq, -1)
 
 
@@ -77,8 +83,9 @@ class GemmaRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, None]:
-        var = x.float().pow(2).mean(-1, keepdim=True)
-        return (x * torch.rsqrt(var + self.eps) * (1.0 + self.weight.float())).type_as(x), None
+        a = acc(x.dtype)
+        var = x.to(a).pow(2).mean(-1, keepdim=True)
+        return (x * torch.rsqrt(var + self.eps) * (1.0 + self.weight.to(a))).type_as(x), None
 
 
 class AdaptiveRMSNorm(nn.Module):
@@ -92,10 +99,11 @@ class AdaptiveRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if cond is None:
             raise ValueError("an adaptive RMSNorm needs its condition (the time embedding)")
-        var = x.float().pow(2).mean(-1, keepdim=True)
+        a = acc(x.dtype)
+        var = x.to(a).pow(2).mean(-1, keepdim=True)
         normed = x * torch.rsqrt(var + self.eps)
         scale, shift, gate = self.dense(cond.to(self.dense.weight.dtype))[:, None, :].chunk(3, dim=-1)
-        return (normed * (1 + scale.float()) + shift.float()).to(x.dtype), gate.to(x.dtype)
+        return (normed * (1 + scale.to(a)) + shift.to(a)).to(x.dtype), gate.to(x.dtype)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
@@ -245,7 +253,7 @@ class ActionExpert(nn.Module):
             h = layer.finish(h, attend(q, keys, values, mask), gate, cond)
         out, _ = self.expert.norm(h, cond)
         w = self.action_out_proj.weight
-        return self.action_out_proj(out[:, -self.chunk_size:].float().to(w.dtype))
+        return self.action_out_proj(out[:, -self.chunk_size:].to(acc(out.dtype)).to(w.dtype))
 
 
 class Pi0Module(nn.Module):
@@ -300,15 +308,17 @@ class Pi0Module(nn.Module):
         return self.action_head(x_t, t, prefix_kv, pad, self.state_token(inputs))
 
     def sample_actions(self, inputs: dict, noise: torch.Tensor) -> torch.Tensor:
-        """Euler integration from `noise` (t = 1) to actions (t = 0): (B, chunk, max_action_dim), float32."""
+        """Euler integration from `noise` (t = 1) to actions (t = 0): (B, chunk, max_action_dim), in
+        float32 (float64 for a float64 model); the times are float32, as LeRobot's."""
         prefix_kv, pad = self.prefill(inputs)
         state = self.state_token(inputs)
         steps = self.arch.policy.num_inference_steps
         dt = -1.0 / steps
-        x = noise.float()
+        a = acc(self.action_head.action_out_proj.weight.dtype)
+        x = noise.to(a)
         for step in range(steps):
             t = torch.full((x.shape[0],), 1.0 + step * dt, dtype=torch.float32, device=x.device)
-            x = x + dt * self.action_head(x, t, prefix_kv, pad, state).float()
+            x = x + dt * self.action_head(x, t, prefix_kv, pad, state).to(a)
         return x
 
     def noise_shape(self, batch: int) -> tuple[int, int, int]:

@@ -46,7 +46,8 @@ class SiglipAttention(nn.Module):
         heads = lambda t: t.view(b, n, self.num_heads, -1).transpose(1, 2)  # noqa: E731
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
-        out = torch.matmul(torch.softmax(scores.float(), dim=-1).to(v.dtype), v)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32))
+        out = torch.matmul(probs.to(v.dtype), v)
         return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

@@ -7,7 +7,6 @@ from ..spec import FamilySpec
 _HERE = __package__
 _COMMON = dict(
     load=f"{_HERE}.adapter:load_pi0",
-    presets=f"{_HERE}.presets_pi0",
     fixtures=f"{_HERE}.fixtures",
     refused={"gguf": "llama.cpp cannot run the action expert's joint attention to the backbone's keys/values "
                      "at every layer"},
@@ -16,8 +15,9 @@ _COMMON = dict(
 SPECS = (
     FamilySpec(name="pi0", summary="LeRobot π0 (PaliGemma 3B: SigLIP + Gemma 2B, Gemma 300M flow-matching action "
                                    "expert; state token, time MLP)",
-               detect=lambda c: c.get("type") == "pi0", **_COMMON),
+               detect=lambda c: c.get("type") == "pi0", presets=f"{_HERE}.presets_pi0", **_COMMON),
     FamilySpec(name="pi05", summary="LeRobot π0.5 (PaliGemma 3B, Gemma 300M action expert with adaptive RMSNorm "
                                     "on the time; the state discretised into the prompt)",
-               detect=lambda c: c.get("type") == "pi05", **_COMMON),
+               detect=lambda c: c.get("type") == "pi05", presets=f"{_HERE}.presets_pi05",
+               **_COMMON),
 )
