@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...nn.hf_cache import run_with_cache
 from .configuration_openvla import OpenVLAConfig
 from .modeling_vit import TimmViT
 
@@ -189,8 +190,8 @@ class OpenVLAModule(nn.Module):
         meta = embeds.device.type == "meta"  # FLOP counting: values unknown, batch 1 without padding
         pos = self.positions(mask)
         past = DynamicCache()
-        out = model(inputs_embeds=embeds, attention_mask=None if meta else mask, position_ids=pos,
-                    past_key_values=past, use_cache=True)
+        out, past = run_with_cache(model, past, inputs_embeds=embeds, attention_mask=None if meta else mask,
+                                   position_ids=pos, use_cache=True)
         tokens = []
         for i in range(n_tokens):
             tok = lm_head(out.last_hidden_state[:, -1]).argmax(-1)
@@ -199,8 +200,8 @@ class OpenVLAModule(nn.Module):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             pos = pos[:, -1:] + 1
-            out = model(inputs_embeds=model.embed_tokens(tok[:, None]), attention_mask=None if meta else mask,
-                        position_ids=pos, past_key_values=out.past_key_values, use_cache=True)
+            out, past = run_with_cache(model, past, inputs_embeds=model.embed_tokens(tok[:, None]),
+                                       attention_mask=None if meta else mask, position_ids=pos, use_cache=True)
         return torch.stack(tokens, dim=1)
 
     def tokens_to_actions(self, token_ids: torch.Tensor) -> torch.Tensor:

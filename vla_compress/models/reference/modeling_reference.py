@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...nn.hf_cache import run_with_cache
 from .configuration_reference import ReferenceConfig
 
 
@@ -194,9 +195,9 @@ class ReferenceVLAModule(nn.Module):
             from transformers import DynamicCache
 
             past = DynamicCache(config=self.backbone.config)
-        out = self.backbone(inputs_embeds=embeds, attention_mask=attn_mask, position_ids=position_ids,
-                            past_key_values=past, use_cache=use_cache)
-        return out.last_hidden_state, out.past_key_values
+        out, present = run_with_cache(self.backbone, past, inputs_embeds=embeds, attention_mask=attn_mask,
+                                      position_ids=position_ids, use_cache=use_cache)
+        return out.last_hidden_state, present
 
     # --- heads -------------------------------------------------------------------------------
     def forward_regression(self, pixel_values, text_ids, text_mask, state):
