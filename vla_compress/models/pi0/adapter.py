@@ -156,7 +156,7 @@ class Pi0(Pi0Module, VLAAdapter):
     def side_files(self) -> dict[str, bytes]:
         if any(n.startswith("policy_preprocessor") for n in self.files):
             return dict(self.files)
-        from .fixtures import processor_files  # a model built without files (a preset): identity stats
+        from .checkpoint_pi0 import processor_files  # a model built without files (a preset): identity stats
 
         return {**processor_files(self.cfg.to_dict(), {}), **self.files}
 
@@ -224,7 +224,7 @@ class Pi0(Pi0Module, VLAAdapter):
         """lerobot/pi0_base's / pi05_base's architecture (PaliGemma 3B + Gemma 300M expert) on `device`,
         random weights (none on the meta device), identity normalisation, the tiny fixture tokenizer
         (prompts padded to tokenizer_max_length either way)."""
-        from .fixtures import base_policy_config, processor_files, write_tiny_tokenizer
+        from .checkpoint_pi0 import base_policy_config, processor_files, write_tiny_tokenizer
 
         raw = {**base_policy_config(kind)}
         cfg = Pi0Config.from_dict(raw)
