@@ -235,7 +235,6 @@ class Pi0(Pi0Module, VLAAdapter):
             folder = write_tiny_tokenizer(root / TOKENIZER_SUBDIR)
             settings = read_pipelines(root, cfg)
             tokenizer = PaliGemmaTokenizer(folder, cfg.tokenizer_max_length)
-            tokenizer.files = lambda cached=tokenizer.files(): cached  # type: ignore[method-assign]
         klass = Pi05 if kind == "pi05" else Pi0
         with torch.device(device):
             model = klass(Pi0Arch.from_config(cfg), Pi0Processor(cfg, tokenizer, settings))

@@ -118,6 +118,8 @@ class PaliGemmaTokenizer:
         self.add_bos, self.add_eos = bool(conf.get("add_bos_token", True)), bool(conf.get("add_eos_token", False))
         self.max_length, self.padding, self.padding_side, self.truncation = max_length, padding, padding_side, truncation
         self.folder = folder
+        # kept in memory: a save writes them as the checkpoint's tokenizer/ after the folder is gone
+        self._files = {n: (folder / n).read_bytes() for n in TOKENIZER_FILES if (folder / n).is_file()}
 
     def ids(self, text: str) -> list[int]:
         ids = self.tok.encode(text, add_special_tokens=True).ids
@@ -140,7 +142,7 @@ class PaliGemmaTokenizer:
         return ids, mask
 
     def files(self) -> dict[str, bytes]:
-        return {n: (self.folder / n).read_bytes() for n in TOKENIZER_FILES if (self.folder / n).is_file()}
+        return dict(self._files)
 
 
 # -------------------------------------------------------------------------------------- pipelines

@@ -7,6 +7,7 @@ from ..spec import FamilySpec
 _HERE = __package__
 _COMMON = dict(
     load=f"{_HERE}.adapter:load_pi0",
+    prune=f"{_HERE}.prune_pi0",
     fixtures=f"{_HERE}.fixtures",
     refused={"gguf": "llama.cpp cannot run the action expert's joint attention to the backbone's keys/values "
                      "at every layer"},
