@@ -1,0 +1,204 @@
+"""What the exporters need of π0 / π0.5 (export/family.py's hooks) and their ONNX graphs.
+
+The artifact's graph, "policy_step", is the whole policy step with the Euler loop unrolled
+(num_inference_steps copies of the expert reading one prefix K/V computation):
+    pixel_values (B, N, 3, S, S), image_masks (B, N) bool, lang_tokens (B, T) int64,
+    lang_masks (B, T) bool, state (B, max_state_dim), noise (B, chunk, max_action_dim)
+    -> actions (B, chunk, action_dim), normalised
+The runtimes drive it as a regression head's single graph (head_meta "head": "regression" names
+that graph protocol; "policy_head": "flow" says what the network is): the ONNX runtime has no
+protocol yet for a loop over a denoise graph. `flow_graphs` builds that two-graph form —
+"prefix" (images, tokens, state -> per-layer keys/values and the prefix pad mask) and
+"denoise_step" (keys/values, pad, state, x_t, t -> velocity) — with `euler` as the loop a runtime
+runs around it; tests/models/pi0 check it end to end in ONNX Runtime.
+The artifact's processor draws the start noise from a torch.Generator seeded with the model's
+`noise_seed` (pi0_runtime.json), the stream the torch adapter draws from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ...fileio import read_json, write_json
+from ..contracts import KV, ArtifactProcessor, ExportFamily, GraphSpec, randomized_examples, weight_bytes
+
+RUNTIME_FILE = "pi0_runtime.json"
+INPUTS = ["pixel_values", "image_masks", "lang_tokens", "lang_masks", "state", "noise"]
+
+
+class Pi0ArtifactProcessor(ArtifactProcessor):
+    """The checkpoint's own processor, rebuilt from the artifact's files (no network is built)."""
+
+    def __init__(self, root: Path):
+        import torch
+
+        from .adapter import read_processor_files
+
+        self.cfg, self.processor = read_processor_files(Path(root))
+        runtime = read_json(Path(root) / RUNTIME_FILE)
+        self.noise_generator = torch.Generator(device="cpu").manual_seed(int(runtime["noise_seed"]))
+
+    def __call__(self, observations: list[dict]) -> dict[str, np.ndarray]:
+        import torch
+
+        feeds = {k: v.numpy() for k, v in self.processor(observations).items()}
+        shape = (len(observations), self.cfg.chunk_size, self.cfg.max_action_dim)
+        feeds["noise"] = torch.randn(shape, generator=self.noise_generator, dtype=torch.float32).numpy()
+        return feeds
+
+    def unnormalize(self, chunk: np.ndarray) -> np.ndarray:
+        """Robot-unit actions of the chunk's first n_action_steps (what select_action executes)."""
+        return self.processor.unnormalize_actions(chunk)[: self.cfg.n_action_steps]
+
+
+def write_processor_files(vla: Any, root: Path) -> list[str]:
+    """config.json, the pipeline files and statistics, and tokenizer/: what read_processor_files needs."""
+    from ...fileio import write_json as write
+    from ..smolvla.checkpoint_smolvla import write_files
+    from .processor_pi0 import TOKENIZER_SUBDIR
+
+    names = write_files(vla.side_files(), root)
+    names += write_files({f"{TOKENIZER_SUBDIR}/{n}": b for n, b in vla.processor.tokenizer.files().items()}, root)
+    write(root / "config.json", vla.cfg.to_dict())
+    return sorted(names + ["config.json"])
+
+
+def _save_processor(vla: Any, root: Path) -> list[str]:
+    write_json(root / RUNTIME_FILE, {"noise_seed": vla.noise_seed, "noise_shape": list(vla.noise_shape(1)[1:])})
+    return sorted(write_processor_files(vla, root) + [RUNTIME_FILE])
+
+
+def _torch_outputs(vla: Any, observations: list[dict]) -> dict[str, np.ndarray]:
+    """The chunk for the noise a fresh artifact processor draws first (same seed, same stream)."""
+    import torch
+
+    x = vla.preprocess(observations)
+    gen = torch.Generator(device="cpu").manual_seed(vla.noise_seed)
+    x["noise"] = torch.randn(vla.noise_shape(len(observations)), generator=gen, dtype=torch.float32)
+    with torch.inference_mode():
+        return {"actions": vla.predict_chunk(x).float().numpy()}
+
+
+def _head_meta(vla: Any) -> dict:
+    c = vla.cfg
+    return {"family": vla.family, "head": "regression", "policy_head": "flow", "chunk_size": c.chunk_size,
+            "action_dim": c.action_dim, "integration_steps": c.num_inference_steps, "n_action_steps": c.n_action_steps}
+
+
+def _examples(vla: Any, n: int = 2) -> list[dict]:
+    """Random observations with every camera, in-range state and two instructions of different lengths."""
+    return randomized_examples(vla, n, ["pick up the object and place it at the goal", "open the door"])
+
+
+def export_family() -> ExportFamily:
+    return ExportFamily(_save_processor, Pi0ArtifactProcessor, _torch_outputs, _head_meta, _examples,
+                        onnx_graphs=pi0_graphs)
+
+
+def _example_with_noise(vla: Any, example: dict) -> dict:
+    import torch
+
+    from ...errors import ConfigError
+
+    if example["state"].shape[0] < 2:
+        raise ConfigError("ONNX export needs an example batch of >= 2 observations (batch 1 would be baked in)")
+    example = dict(example)
+    gen = torch.Generator(device="cpu").manual_seed(vla.noise_seed)
+    example["noise"] = torch.randn(vla.noise_shape(example["state"].shape[0]), generator=gen, dtype=torch.float32)
+    return example
+
+
+def _input_shapes(vla: Any) -> dict:
+    from torch.export import Dim
+
+    batch, cams = Dim("batch", min=1, max=4096), Dim("cameras", min=1, max=64)
+    shapes = {"pixel_values": {0: batch, 1: cams}, "image_masks": {0: batch, 1: cams}, "state": {0: batch},
+              "noise": {0: batch}, "lang_tokens": {0: batch}, "lang_masks": {0: batch}}
+    if vla.processor.tokenizer.padding != "max_length":
+        text = Dim("text", min=1, max=4096)
+        shapes.update(lang_tokens={0: batch, 1: text}, lang_masks={0: batch, 1: text})
+    return shapes
+
+
+def pi0_graphs(vla: Any, example: dict) -> list[GraphSpec]:
+    """The artifact's single "policy_step" graph (Euler loop unrolled)."""
+    from torch import nn
+
+    class PolicyStep(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, pixel_values, image_masks, lang_tokens, lang_masks, state, noise):
+            inputs = {"pixel_values": pixel_values, "image_masks": image_masks, "lang_tokens": lang_tokens,
+                      "lang_masks": lang_masks, "state": state}
+            return self.vla.sample_actions(inputs, noise)[:, :, : self.vla.cfg.action_dim]
+
+    example = _example_with_noise(vla, example)
+    step = PolicyStep(vla).eval()
+    return [GraphSpec("policy_step", step, tuple(example[k] for k in INPUTS), list(INPUTS), ["actions"],
+                      _input_shapes(vla), weight_bytes(step))]
+
+
+def flow_graphs(vla: Any, example: dict) -> list[GraphSpec]:
+    """The two-graph form: "prefix" -> present.{i}.key/value + prefix_pad, "denoise_step" -> velocity."""
+    import torch
+    from torch import nn
+    from torch.export import Dim
+
+    n_layers = len(vla.backbone.layers)
+    present = [f"present.{i}.{kv}" for i in range(n_layers) for kv in KV]
+    past = [f"past_key_values.{i}.{kv}" for i in range(n_layers) for kv in KV]
+
+    class Prefix(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, pixel_values, image_masks, lang_tokens, lang_masks, state):
+            inputs = {"pixel_values": pixel_values, "image_masks": image_masks, "lang_tokens": lang_tokens,
+                      "lang_masks": lang_masks, "state": state}
+            kv, pad = self.vla.prefill(inputs)
+            return (pad, *[t for pair in kv for t in pair])
+
+    class DenoiseStep(nn.Module):
+        def __init__(self, vla):
+            super().__init__()
+            self.vla = vla
+
+        def forward(self, prefix_pad, state, x_t, t, *kv):
+            pairs = [(kv[2 * i], kv[2 * i + 1]) for i in range(len(kv) // 2)]
+            v = self.vla.velocity({"state": state}, pairs, prefix_pad, x_t, t)
+            return v
+
+    example = _example_with_noise(vla, example)
+    shapes = _input_shapes(vla)
+    prefix = Prefix(vla).eval()
+    args = tuple(example[k] for k in INPUTS[:-1])
+    with torch.no_grad():
+        pad, *kv = prefix(*args)
+    batch = shapes["state"][0]
+    plen = Dim("prefix", min=1, max=65536)
+    kv_shape = {0: batch, 1: plen}
+    step = DenoiseStep(vla).eval()
+    t = torch.ones(args[0].shape[0], dtype=torch.float32)
+    step_shapes = {"prefix_pad": {0: batch, 1: plen}, "state": {0: batch}, "x_t": {0: batch}, "t": {0: batch},
+                   "kv": tuple(kv_shape for _ in kv)}
+    return [GraphSpec("prefix", prefix, args, INPUTS[:-1], ["prefix_pad", *present],
+                      {k: shapes[k] for k in INPUTS[:-1]}, weight_bytes(vla.vision_encoder) + weight_bytes(vla.backbone)),
+            GraphSpec("denoise_step", step, (pad, example["state"], example["noise"], t, *kv),
+                      ["prefix_pad", "state", "x_t", "t", *past], ["velocity"], step_shapes,
+                      weight_bytes(vla.action_head), extra={"num_steps": vla.cfg.num_inference_steps})]
+
+
+def euler(velocity: Callable[[np.ndarray, np.ndarray], np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
+    """The loop a runtime runs around "denoise_step": t = 1, 1 - 1/N, ... (float32), x <- x + dt v."""
+    dt = -1.0 / steps
+    x = noise.astype(np.float32)
+    for step in range(steps):
+        t = np.full((x.shape[0],), 1.0 + step * dt, dtype=np.float32)
+        x = x + np.float32(dt) * velocity(x, t)
+    return x
