@@ -163,13 +163,18 @@ def target_estimate(profile: dict, name: str) -> dict | None:
 
 
 def decide(variants: dict[str, "Variant"], evals: dict, profile: dict, budgets: dict, deploy: str,
-           target: dict) -> dict:
+           target: dict, sequential: dict | None = None) -> dict:
     """Gate every evaluated variant against the baseline; the run's verdict is the deployed
-    variant's (its artifact status, its gate, and the latency/memory budgets on the target)."""
+    variant's (its artifact status, its gate, and the latency/memory budgets on the target).
+    `sequential`: the gate records of a sequential evaluation (evaluate/sequential.py), used as
+    they are instead of a fixed-design gate."""
     n_tasks = len(evals["baseline"]["per_task"]) if "baseline" in evals else 1
     gates = {}
     for name, r in evals.items():
         if name == "baseline":
+            continue
+        if sequential and name in sequential:
+            gates[name] = sequential[name]
             continue
         g = gate(pair_outcomes(evals["baseline"]["episodes"], r["episodes"]), budgets["max_success_drop"],
                  budgets["confidence"], n_tasks)

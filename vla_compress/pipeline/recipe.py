@@ -39,7 +39,7 @@ TOP_KEYS = {"name", "description", "target", "passes", "exports", "deploy", "cal
 SECTION_KEYS = {
     "target": {"hardware", "runtime", "precision", "power_mode"},
     "calibration": {"episodes_per_task", "samples", "validation_samples", "seed", "dataset"},
-    "evaluation": {"suite", "tasks", "episodes", "workers", "threads_per_worker", "max_steps"},
+    "evaluation": {"suite", "tasks", "episodes", "workers", "threads_per_worker", "max_steps", "sequential"},
     "budgets": {"max_success_drop", "confidence", "max_latency_ms", "min_control_hz"},
     "profiling": {"steps", "warmup", "threads"},
 }
@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "deploy": None,
     "calibration": {"episodes_per_task": 1, "samples": 32, "validation_samples": 8, "seed": 0, "dataset": None},
     "evaluation": {"suite": "metaworld-mt10", "tasks": None, "episodes": 10, "workers": 2,
-                   "threads_per_worker": None, "max_steps": None},
+                   "threads_per_worker": None, "max_steps": None, "sequential": None},
     "budgets": {"max_success_drop": 0.10, "confidence": 0.95, "max_latency_ms": None, "min_control_hz": None},
     "profiling": {"steps": 20, "warmup": 3, "threads": None},
 }
@@ -270,6 +270,15 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
             get_suite(ev["suite"], ev["tasks"])
         except ConfigError as e:
             fail(("evaluation", "tasks"), str(e))
+    seq = ev["sequential"]
+    if seq is not None:  # evaluate in rounds with the sequential gate; `episodes` is then the cap per task
+        if not isinstance(seq, dict) or set(seq) != {"episodes_per_round"}:
+            fail(("evaluation", "sequential"), "must be {episodes_per_round: N} (or null for one fixed-size "
+                                               f"evaluation), got {seq!r}")
+        r = seq["episodes_per_round"]
+        if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= ev["episodes"]:
+            fail(("evaluation", "sequential", "episodes_per_round"), f"must be an integer in [1, evaluation.episodes"
+                                                                     f" = {ev['episodes']}] (the cap), got {r!r}")
     if ev["max_steps"] is not None and (not isinstance(ev["max_steps"], int) or ev["max_steps"] < 1):
         fail(("evaluation", "max_steps"), f"must be a positive integer or null (the suite's default), got "
                                           f"{ev['max_steps']!r}")

@@ -122,7 +122,7 @@ class Pipeline:
         ev = self.recipe.evaluation
         return {k: ev[k] for k in ("suite", "tasks", "episodes", "max_steps")}
 
-    def _evaluate(self, name: str, spec: Any) -> dict:
+    def _evaluate(self, name: str, spec: Any, first: int = 0, episodes: int | None = None) -> dict:
         from ..evaluate.rollout import evaluate
 
         ev = self.recipe.evaluation
@@ -133,20 +133,46 @@ class Pipeline:
             self.hooks.episodes(name, done, total, succ[0])
 
         extra = {"max_steps": ev["max_steps"]} if ev["max_steps"] else {}
-        return evaluate(spec, ev["suite"], ev["tasks"], ev["episodes"], ev["workers"],
-                        threads_per_worker=ev["threads_per_worker"], on_episode=on_episode, **extra)
+        return evaluate(spec, ev["suite"], ev["tasks"], episodes or ev["episodes"], ev["workers"],
+                        threads_per_worker=ev["threads_per_worker"], on_episode=on_episode, first_episode=first,
+                        **extra)
 
-    def _stage_eval(self, variant: str, runtime: str, path: Path, upstream: str) -> dict:
+    def _stage_eval(self, variant: str, runtime: str, path: Path, upstream: str,
+                    round_: tuple[int, int] | None = None) -> dict:
+        """The closed-loop evaluation of one variant: all of it, or one (first episode, episodes) round."""
         from ..evaluate.rollout import PolicySpec
+        from .evaluation import round_material
 
         def fn(work: Path) -> dict:
             spec = PolicySpec(runtime, str(path.resolve()), {"threads": 1} if format_of(runtime) else {})
-            return self._evaluate(variant, spec)
+            return self._evaluate(variant, spec, *(round_ or (0, None)))
 
         # the key names the runtime by its short spelling (`onnx`), as runs written before runtime names
         # became canonical did, so that their evaluations stay cached
-        material = {"variant": upstream, "runtime": get_backend(runtime).short, "evaluation": self._eval_material()}
-        return self.run_.stage(f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})", material, fn)
+        material = {"variant": upstream, "runtime": get_backend(runtime).short,
+                    "evaluation": round_material(self.recipe.evaluation, *round_) if round_ else self._eval_material()}
+        name, what = f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})"
+        if round_:
+            name, what = f"{name}-from{round_[0]}", f"{what}, episodes {round_[0]}-{sum(round_) - 1} of every task"
+        return self.run_.stage(name, what, material, fn)
+
+    def _evaluate_all(self, variants: dict[str, Variant], names: list[str]) -> tuple[dict, dict]:
+        """(evaluation per variant, sequential gate records: {} for the fixed design), see evaluation.py."""
+        seq = self.recipe.evaluation.get("sequential")
+
+        def one(name: str, round_: tuple[int, int] | None = None) -> dict:
+            v = variants[name]
+            return self._stage_eval(name, v.runtime, Path(v.path), v.key, round_)
+
+        if not seq:
+            return {n: one(n) for n in names}, {}
+        from ..evaluate.sequential import RoundPlan
+        from .evaluation import evaluate_sequentially
+
+        plan = RoundPlan(seq["episodes_per_round"], self.recipe.evaluation["episodes"])
+        b = self.recipe.budgets
+        return evaluate_sequentially(names, lambda n, first, count: one(n, (first, count)), plan,
+                                     b["max_success_drop"], b["confidence"])
 
     def _stage_passes(self, cal_key: str) -> dict:
         from ..passes.base import TEACHER
@@ -243,7 +269,7 @@ class Pipeline:
                 variants[name] = Variant("artifact", runtime, str(source_path), format=cfg.format,
                                          precision=cfg.precision, status="error", error=str(e))
         # every runnable variant in the closed loop, same tasks and seeds
-        evals = {}
+        runnable = []
         for name, v in variants.items():
             if not v.runnable:
                 variants[name] = v.skipped(f"not evaluated: artifact {v.status}")
@@ -252,7 +278,8 @@ class Pipeline:
             if missing:
                 variants[name] = v.skipped(f"not evaluated here: {missing}")
                 continue
-            evals[name] = self._stage_eval(name, v.runtime, Path(v.path), v.key)
+            runnable.append(name)
+        evals, sequential = self._evaluate_all(variants, runnable)
         prof = self._stage_profile({k: v for k, v in variants.items() if k in evals or k == "baseline"})
         m["variants"] = dump_variants(variants)
         m["evaluations"] = {k: _eval_summary(r) for k, r in evals.items()}
@@ -261,7 +288,7 @@ class Pipeline:
         from ..evaluate.gate import decide
 
         r = self.recipe
-        m["verdict"] = decide(variants, evals, prof, r.budgets, r.deploy, r.target)
+        m["verdict"] = decide(variants, evals, prof, r.budgets, r.deploy, r.target, sequential)
         m["status"] = "finished"
         m["wall_s_this_invocation"] = round(time.perf_counter() - t0, 1)
         self.run_.save()
