@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from ...errors import ConfigError
+from ..config_keys import as_int, require_keys
 
 SETTINGS_KEY = "vla_compress"
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
@@ -185,12 +186,17 @@ class OpenVLAConfig:
     def from_dict(cls, d: dict) -> "OpenVLAConfig":
         if d.get("model_type") != "openvla":
             raise ConfigError(f"not an OpenVLA config (model_type={d.get('model_type')!r}, expected 'openvla')")
+        # the native PrismaticConfig derives image_sizes from the backbone id and every saved config.json
+        # holds both: a file without them is damaged, not a default
+        require_keys(d, ("vision_backbone_id", "image_sizes"))
         settings = AdapterSettings.from_dict(d.get(SETTINGS_KEY))
         vid = d.get("vision_backbone_id")
         if vid not in VISION_BACKBONES:
             raise ConfigError(f"vision_backbone_id {vid!r} is not supported; supported: {', '.join(VISION_BACKBONES)}")
         timm_ids = list(d.get("timm_model_ids") or VISION_BACKBONES[vid])
-        sizes = list(d.get("image_sizes") or [])
+        if not isinstance(d["image_sizes"], list) or not all(isinstance(x, int) for x in d["image_sizes"]):
+            raise ConfigError(f"image_sizes: expected a list of integers, got {d['image_sizes']!r}")
+        sizes = list(d["image_sizes"])
         acts = list(d.get("timm_override_act_layers") or [None] * len(timm_ids))
         if len(sizes) != len(timm_ids) or len(acts) != len(timm_ids) or len(timm_ids) not in (1, 2):
             raise ConfigError(f"timm_model_ids {timm_ids}, image_sizes {sizes} and timm_override_act_layers {acts} "
@@ -216,8 +222,8 @@ class OpenVLAConfig:
         llama.update({k: v for k, v in text.items() if k in _LLAMA_ARCH_KEYS})
         if llama["num_key_value_heads"] is None:
             llama["num_key_value_heads"] = llama["num_attention_heads"]
-        n_bins = int(d.get("n_action_bins", 256))
-        pad_multiple = int(d.get("pad_to_multiple_of", 0) or 0)
+        n_bins = as_int(d, "n_action_bins", 256)
+        pad_multiple = as_int(d, "pad_to_multiple_of", 0) if d.get("pad_to_multiple_of") is not None else 0
         if n_bins < 2 or pad_multiple < 0 or int(llama["vocab_size"]) - pad_multiple < n_bins:
             raise ConfigError(f"n_action_bins={n_bins} does not fit text_config.vocab_size={llama['vocab_size']} "
                               f"minus pad_to_multiple_of={pad_multiple}")

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ...errors import ConfigError
+from ..config_keys import check_types, require_keys
 
 FORMAT_VERSION = 1
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
@@ -180,17 +181,37 @@ class ReferenceConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown config keys: {sorted(unknown)}")
-        v = dict(d.pop("vision", {}))
+        # what shapes the network or its numerics has no default here: every written config has it
+        require_keys(d, REQUIRED + (("n_bins",) if d.get("head") == "tokens" else ()))
+        check_types(cls, d)
+        for name in ("vision", "backbone"):
+            if not isinstance(d[name], dict):
+                raise ConfigError(f"{name}: expected a JSON object, got {d[name]!r}")
+        v = dict(d.pop("vision"))
         if "camera" in v:  # format 1 checkpoints written before multi-camera support: one camera
             if "cameras" in v:
                 raise ConfigError("vision has both 'camera' and 'cameras'")
             v["cameras"] = [v.pop("camera")]
+        b = dict(d.pop("backbone"))
+        for section, cls_, keys in (("vision", VisionConfig, VISION_REQUIRED), ("backbone", BackboneConfig,
+                                                                                  BACKBONE_REQUIRED)):
+            raw = v if section == "vision" else b
+            require_keys(raw, keys, f"{section}.")
+            check_types(cls_, raw, f"{section}.")
         try:
             vision = VisionConfig(**v)
-            backbone = BackboneConfig(**d.pop("backbone", {}))
+            backbone = BackboneConfig(**b)
         except TypeError as e:
             raise ConfigError(f"bad vision/backbone section: {e}") from None
         return cls(vision=vision, backbone=backbone, **d)
+
+
+# keys a config.json must hold (the others are optional: pruning's per-layer sizes, the token budget,
+# the preset name, the prompt template and max_position default to "not set" / the canonical value)
+REQUIRED = ("vision", "backbone", "head", "action_dim", "chunk_size", "proprio_dim", "token_merge")
+VISION_REQUIRED = ("image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads")
+BACKBONE_REQUIRED = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "vocab_size",
+                     "rope_theta", "rms_norm_eps")
 
 
 # Size presets. Only reference-small is trained and shipped; the others are random-weight

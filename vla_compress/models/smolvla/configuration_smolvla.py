@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...errors import ConfigError
+from ..config_keys import as_int, require_keys
 
 FEATURE_TYPES = ("VISUAL", "STATE", "ACTION", "ENV", "LANGUAGE", "REWARD")
 NORM_MODES = ("IDENTITY", "MEAN_STD", "MIN_MAX", "QUANTILES", "QUANTILE10")
@@ -152,7 +153,9 @@ class SmolVLAConfig:
     def from_dict(cls, d: dict) -> "SmolVLAConfig":
         if not isinstance(d, dict) or d.get("type") != "smolvla":
             raise ConfigError(f"not a SmolVLA config (type={d.get('type') if isinstance(d, dict) else None!r})")
-        if int(d.get("n_obs_steps", 1)) != 1:
+        # LeRobot's dataclass defaults stand for the other keys; without its features a policy has no inputs
+        require_keys(d, ("input_features", "output_features"))
+        if as_int(d, "n_obs_steps", 1) != 1:
             raise ConfigError(f"n_obs_steps={d['n_obs_steps']} is not supported (SmolVLA uses 1)")
         for flag in ("adapt_to_pi_aloha", "use_delta_joint_actions_aloha"):
             if d.get(flag):
