@@ -58,6 +58,16 @@ class ExportError(VLACompressError):
         super().__init__(f"{path}: {problem}")
 
 
+class OutputError(VLACompressError, OSError):
+    """A result cannot be written: no space left, a read-only folder, no permission (names the file).
+    Also an OSError, so code that tolerates a failed write (best-effort records) still does."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
 class SimulationError(VLACompressError):
     """The simulator could not be created or rendered (missing GL backend, unknown task)."""
 

@@ -15,15 +15,21 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import CheckpointError, UnsafeFileError
+from .errors import CheckpointError, OutputError, UnsafeFileError
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it over `path` only if the block succeeds.
+
+    An OSError while writing (a full disk, a read-only folder, no permission) becomes an
+    OutputError naming `path`; the temporary file is removed either way."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OutputError(path, f"cannot be written: {e.strerror or e}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -33,6 +39,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp_path, 0o666 & ~umask)
         os.replace(tmp_path, path)
+    except OutputError:
+        raise
+    except OSError as e:
+        raise OutputError(path, f"cannot be written: {e.strerror or e}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

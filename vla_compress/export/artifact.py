@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, OutputError
 from ..fileio import read_json, write_json
 
 MANIFEST = "artifact.json"
@@ -152,11 +152,18 @@ def staged_dir(out_dir: str | Path) -> Iterator[Path]:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file())):
         raise ConfigError(f"{out_dir}: exists and is not an artifact directory; refusing to overwrite it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".staging", dir=out_dir.parent))
+    except OSError as e:  # a read-only or full destination, before anything was written
+        raise OutputError(out_dir, f"cannot be written: {e.strerror or e}") from None
     try:
         yield stage
         replace_dir(stage, out_dir)
+    except OutputError as e:  # a full disk / read-only folder: name the file as the user asked for it
+        if stage in e.path.parents:
+            raise OutputError(out_dir / e.path.relative_to(stage), e.problem) from None
+        raise
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)

@@ -11,13 +11,14 @@ pass through as they are (the format decided what they say).
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, OutputError
 from .artifact import MANIFEST, Artifact, hash_files, new_manifest, replace_dir, sha256_file, staged_dir
 from .family import get_export_family, weights_fingerprint
 
@@ -59,7 +60,7 @@ def run_export(exporter: "Exporter", vla: Any, config: ExportConfig, out_dir: Pa
                 job.manifest["processor_files"] = family.save_processor(vla, stage)
             job.manifest["files"] = hash_files(stage)
             Artifact(stage, job.manifest).save()  # manifest last: a directory with artifact.json is complete
-    except (ExportError, ConfigError):
+    except (ExportError, ConfigError, OutputError):  # OutputError: a full disk or read-only folder stops the command
         raise
     except Exception as e:
         record_failure(out_dir, job.manifest, e)
@@ -92,11 +93,16 @@ def record_failure(out_dir: Path, manifest: dict, error: Exception) -> None:
             return  # not ours to write into
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".failed", dir=out_dir.parent))
+    except OSError:
+        return
+    try:
         manifest.update(status="failed", error=f"{type(error).__name__}: {error}", files={})
         Artifact(stage, manifest).save()
         replace_dir(stage, out_dir)  # a previous artifact here is replaced, not left looking current
     except OSError:
-        pass
+        pass  # best effort (e.g. the disk is full): the error is raised anyway
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)  # gone once renamed; never a stray .failed folder
 
 
 class QuantizationCarryWarning(UserWarning):

@@ -19,7 +19,8 @@ import re
 from pathlib import Path
 
 from ...errors import CheckpointError
-from ...fileio import atomic_path, load_safetensors, load_torch_state_dict, read_json, save_safetensors, write_json
+from ...fileio import (atomic_path, load_safetensors, load_torch_state_dict, missing_weights, pickle_weights_beside,
+                       read_json, save_safetensors, write_json)
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -37,6 +38,8 @@ def read_weights(path: Path) -> tuple[dict, Path]:
     if not index_file.is_file():
         if (path / SINGLE).is_file():
             return load_safetensors(path / SINGLE), path / SINGLE
+        if pickle_weights_beside(path / SINGLE):  # e.g. a pytorch_model.bin: name it
+            raise missing_weights(path / SINGLE)
         raise CheckpointError(index_file, f"file not found (nor {SINGLE}): no weights in this checkpoint")
     index = read_json(index_file)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None

@@ -29,7 +29,8 @@ WEIGHTS = "model.safetensors"
 VLM_SUBDIR = "vlm"
 VLM_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "added_tokens.json", "vocab.json", "merges.txt", "chat_template.json", "chat_template.jinja",
-             "processor_config.json", "preprocessor_config.json", "generation_config.json")
+             "processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+             "generation_config.json")
 SIDE_FILES = ("train_config.json", "README.md")
 
 
@@ -90,12 +91,14 @@ def read_vlm_files(vlm_dir: Path) -> dict[str, bytes]:
 
 
 def read_weights(path: Path) -> tuple[dict, Path]:
-    from ...fileio import load_safetensors
+    from ...fileio import load_safetensors, missing_weights
 
     file = path / WEIGHTS
     if not file.is_file():
         shards = sorted(path.glob("model-*-of-*.safetensors"))
-        raise CheckpointError(file, "file not found" + (" (sharded SmolVLA weights are not supported)" if shards else ""))
+        if shards:
+            raise CheckpointError(file, "file not found (sharded SmolVLA weights are not supported)")
+        raise missing_weights(file)  # names a pytorch_model.bin found instead
     return load_safetensors(file), file
 
 
