@@ -243,3 +243,13 @@ def test_bad_configs_name_the_file(pi0_dirs, copy_dir, change, words):
     with pytest.raises(CheckpointError, match=words) as e:
         Pi0.from_pretrained(path)
     assert str(e.value).startswith(str(path / "config.json"))
+
+
+def test_empty_cameras_are_masked_minus_one_slots(tmp_path):
+    """LeRobot's empty_cameras add `observation.images.empty_camera_i` slots, never given: masked -1 images."""
+    vla = load_vla(write_tiny_pi0(tmp_path / "ckpt", dtype="float32", empty_cameras=1))
+    assert vla.cameras == ("base_0_rgb", "wrist") and vla.token_counts().visual == 12
+    x = vla.preprocess([make_obs(0)])
+    assert x["image_masks"].tolist() == [[True, True, False]]
+    assert torch.equal(x["pixel_values"][0, 2], torch.full((3, 16, 16), -1.0))
+    assert torch.isfinite(chunk_for(vla, [make_obs(0)])).all()

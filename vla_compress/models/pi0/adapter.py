@@ -41,6 +41,7 @@ from .processor_pi0 import TOKENIZER_SUBDIR, PaliGemmaTokenizer, Pi0Processor, r
 WEIGHTS = "model.safetensors"
 SIDE_FILES = ("train_config.json", "README.md")
 DEFAULT_INSTRUCTION = "pick up the object and place it at the goal"
+EMPTY_CAMERA = "observation.images.empty_camera_"
 _PG = "model.paligemma_with_expert.paligemma."
 EMBED_KEY, LM_HEAD_KEY = _PG + "model.language_model.embed_tokens.weight", _PG + "lm_head.weight"
 EXPERT_LM_HEAD_KEY = "model.paligemma_with_expert.gemma_expert.lm_head.weight"
@@ -110,10 +111,11 @@ class Pi0(Pi0Module, VLAAdapter):
                            action=self.cfg.chunk_size)
 
     def dummy_observation(self, instruction: str | None = None) -> dict:
-        """A valid all-zero observation: every configured camera at its feature shape, the state."""
+        """A valid all-zero observation: every configured camera at its feature shape (not LeRobot's
+        `empty_camera_*` slots, which are always masked -1 images), the state."""
         s = self.cfg.image_size
         images = {f.camera: np.zeros((f.shape[1], f.shape[2], 3) if len(f.shape) == 3 else (s, s, 3), np.uint8)
-                  for f in self.cfg.image_features}
+                  for f in self.cfg.image_features if not f.key.startswith(EMPTY_CAMERA)}
         return {"images": images, "instruction": instruction or DEFAULT_INSTRUCTION,
                 "state": np.zeros(self.cfg.state_dim, np.float32)}
 
