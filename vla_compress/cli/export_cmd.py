@@ -127,7 +127,10 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"{flag} {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{flag} {item!r}: value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     return out
 
 

@@ -52,6 +52,10 @@ def profile(targets: tuple[str, ...], hardware: tuple[str, ...], precisions: tup
     if steps < 1 or warmup < 0:
         raise ConfigError("--steps must be >= 1 and --warmup >= 0")
     runtime = runtime_name(runtime) if runtime else None  # `onnx` is `onnxruntime`, as hardware profiles name it
+    from ..profile.estimate import check_precision_name
+
+    for p in precisions:
+        check_precision_name(p)  # an unknown --precision is an error, not a table row "not estimated"
     console = _console()
     with console.status("profiling") as status:
         result = profile_targets(list(targets), list(hardware), list(precisions), runtime=runtime,

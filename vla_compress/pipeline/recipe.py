@@ -175,7 +175,7 @@ def apply_override(raw: dict, override: str, source: str = "--set") -> None:
     try:
         parsed = yaml.safe_load(value)
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML ({e})") from None
+        raise ConfigError(f"--set {override!r}: value is not valid YAML ({getattr(e, 'problem', None) or e})") from None
     parts = key.strip().split(".")
     cur: Any = raw
     for i, part in enumerate(parts):

@@ -26,6 +26,20 @@ from .stages import Hooks, Run, hash_checkpoint
 CALIBRATION_INDEX, VALIDATION_INDEX = 900, 950
 
 
+def refuse_another_run(root: Path, manifest: dict, files: dict, recipe_name: str) -> None:
+    """A run folder resumes only the run it holds: the same checkpoint files and recipe. Anything
+    else would silently replace that run's results, so it is a ConfigError naming what differs."""
+    old_ckpt, old_recipe = manifest.get("checkpoint") or {}, manifest.get("recipe") or {}
+    if old_ckpt.get("files") is not None:
+        old = {k: v.get("sha256") for k, v in old_ckpt["files"].items()}
+        if old != {k: v["sha256"] for k, v in files.items()}:
+            raise ConfigError(f"{root}: holds the run of another checkpoint ({old_ckpt.get('path')}); a run folder "
+                              f"is never overwritten: choose another --out folder")
+    if old_recipe.get("name") not in (None, recipe_name):
+        raise ConfigError(f"{root}: holds the run of recipe {old_recipe['name']!r}, not {recipe_name!r}; a run "
+                          f"folder is never overwritten: choose another --out folder")
+
+
 class Pipeline:
     """One compress run. Construct (validates everything cheap first), then `run()`."""
 
@@ -40,9 +54,10 @@ class Pipeline:
         self.allow_pickle = allow_pickle
         self.run_ = Run(out, self.hooks)
         m = self.run_.manifest
+        files = hash_checkpoint(self.checkpoint, (m.get("checkpoint") or {}).get("files"))
+        refuse_another_run(self.run_.root, m, files, recipe.name)
         m["recipe"] = {"name": recipe.name, "source": recipe.source, "config": recipe.to_dict()}
-        m["checkpoint"] = {"path": str(self.checkpoint), "family": self.family,
-                           "files": hash_checkpoint(self.checkpoint, (m.get("checkpoint") or {}).get("files"))}
+        m["checkpoint"] = {"path": str(self.checkpoint), "family": self.family, "files": files}
         m["command"] = command
         self.ckpt_key = {k: v["sha256"] for k, v in m["checkpoint"]["files"].items()}
         self._vla = None

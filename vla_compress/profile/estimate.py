@@ -64,17 +64,23 @@ def _float_of(rt) -> str:
     raise ConfigError(f"runtime {rt.name} computes in no floating-point precision")
 
 
-def resolve_precision(name: str, profile, runtime: str) -> PrecisionSpec:
-    """The roofline meaning of precision `name` for `runtime` on `profile` (clear error if unsupported)."""
+def check_precision_name(name: str) -> str:
+    """The canonical name of deployment precision `name` (a ConfigError listing the known ones)."""
     from ..hardware import PRECISIONS
 
     asked = ALIASES.get(name.lower(), name.lower())
+    if {"w4a16": "int4", "w8a16": "int8"}.get(asked, asked) not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{name}'; known: {', '.join(PRECISIONS)}, "
+                          f"{', '.join(sorted(ALIASES))}, w4a16, w8a16")
+    return asked
+
+
+def resolve_precision(name: str, profile, runtime: str) -> PrecisionSpec:
+    """The roofline meaning of precision `name` for `runtime` on `profile` (clear error if unsupported)."""
+    asked = check_precision_name(name)
     rt = profile.runtime(runtime)
     forced_weight_only = asked in ("w4a16", "w8a16")
     base = {"w4a16": "int4", "w8a16": "int8"}.get(asked, asked)
-    if base not in PRECISIONS:
-        raise ConfigError(f"unknown precision '{name}'; known: {', '.join(PRECISIONS)}, "
-                          f"{', '.join(sorted(ALIASES))}, w4a16, w8a16")
     if base in FLOAT_BYTES:
         profile.peak(base, runtime=runtime)  # raises when the runtime does not compute in it here
         return PrecisionSpec(asked, base, base, base, FLOAT_BYTES[base], FLOAT_BYTES[base], False)
