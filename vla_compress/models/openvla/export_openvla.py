@@ -166,6 +166,8 @@ def _modules():
     from torch import nn
     from transformers import DynamicCache
 
+    from ...nn.hf_cache import run_with_cache
+
     def inputs(pixel_values, bos_ids, text_ids, text_mask) -> dict:
         return {"pixel_values": pixel_values, "bos_ids": bos_ids, "text_ids": text_ids, "text_mask": text_mask}
 
@@ -177,10 +179,10 @@ def _modules():
         def forward(self, pixel_values, bos_ids, text_ids, text_mask):
             embeds, mask = self.vla.sequence(inputs(pixel_values, bos_ids, text_ids, text_mask))
             lm = self.vla.language_model
-            out = lm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=self.vla.positions(mask),
-                           past_key_values=DynamicCache(), use_cache=True)
+            out, present = run_with_cache(lm.model, DynamicCache(), inputs_embeds=embeds, attention_mask=mask,
+                                          position_ids=self.vla.positions(mask), use_cache=True)
             # hidden[:, -1:] keeps the row 3-D so the head is a MatMul (int4 covers MatMul, not Gemm)
-            return (lm.lm_head(out.last_hidden_state[:, -1:])[:, 0], mask, *flat_cache(out.past_key_values))
+            return (lm.lm_head(out.last_hidden_state[:, -1:])[:, 0], mask, *flat_cache(present))
 
     class Decode(nn.Module):
         def __init__(self, vla):
@@ -190,9 +192,9 @@ def _modules():
         def forward(self, token_ids, attention_mask, position_ids, past):
             lm = self.vla.language_model
             cache = DynamicCache(ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)])
-            out = lm.model(inputs_embeds=lm.model.embed_tokens(token_ids), attention_mask=attention_mask,
-                           position_ids=position_ids, past_key_values=cache, use_cache=True)
-            return (lm.lm_head(out.last_hidden_state[:, -1:])[:, 0], *flat_cache(out.past_key_values))
+            out, present = run_with_cache(lm.model, cache, inputs_embeds=lm.model.embed_tokens(token_ids),
+                                          attention_mask=attention_mask, position_ids=position_ids, use_cache=True)
+            return (lm.lm_head(out.last_hidden_state[:, -1:])[:, 0], *flat_cache(present))
 
     class ChunkStep(nn.Module):  # OFT without proprio
         def __init__(self, vla):
