@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from ...errors import ConfigError
+from ..config_keys import as_int, require_keys
 
 KINDS = ("pi0", "pi05")
 FEATURE_TYPES = ("VISUAL", "STATE", "ACTION", "ENV", "LANGUAGE", "REWARD")
@@ -177,7 +178,9 @@ class Pi0Config:
     def from_dict(cls, d: dict) -> "Pi0Config":
         if not isinstance(d, dict) or d.get("type") not in KINDS:
             raise ConfigError(f"not a π0 / π0.5 config (type={d.get('type') if isinstance(d, dict) else None!r})")
-        if int(d.get("n_obs_steps", 1)) != 1:
+        # LeRobot's dataclass defaults stand for the other keys; without its features a policy has no inputs
+        require_keys(d, ("input_features", "output_features"))
+        if as_int(d, "n_obs_steps", 1) != 1:
             raise ConfigError(f"n_obs_steps={d['n_obs_steps']} is not supported (π0 uses 1)")
         if d.get("use_relative_actions"):
             raise ConfigError("use_relative_actions=true (actions relative to the state) is not supported")
