@@ -137,3 +137,54 @@ def test_fit_check_flags_a_model_too_big_with_the_bytes_it_needs(mid_trace, orin
     assert memory_fit(mid_trace, spec, 10**9).weights_bytes == int(mid_trace.matrix_param_elems * 4.5 / 8
                                                                      + mid_trace.vector_param_elems * 2)
     assert estimate(mid_trace, orin, "fp16").memory.fits
+
+
+@pytest.mark.parametrize("flops,weights,acts", [(10**12, 10**6, 10**4), (10**6, 10**9, 10**4)])
+def test_an_uncalibrated_estimate_carries_its_band_by_hand(orin, flops, weights, acts):
+    """The band sweeps eta_c over [0.4, 0.6], eta_m over [0.42, 0.85] (widened to include the
+    profile's own value) and the per-kernel overhead over /3..x3."""
+    from vla_compress.profile.estimate import ETA_COMPUTE_SPREAD, ETA_MEMORY_SPREAD, OVERHEAD_FACTOR
+
+    e = estimate(_one_op_trace(flops, weights, acts), orin, "fp16", "tensorrt")
+    eff = orin.efficiency("tensorrt")
+    c = flops / (orin.peak("fp16") * 1e12)
+    mem = (weights + acts) * 2 / (orin.bandwidth() * 1e9)
+    launch = eff.launch_overhead_us * 1e-6
+    ec, em = eff.compute("fp16"), eff.memory("fp16")
+    fast = max(c / max(ETA_COMPUTE_SPREAD[1], ec), mem / max(ETA_MEMORY_SPREAD[1], em)) + launch / OVERHEAD_FACTOR
+    slow = max(c / min(ETA_COMPUTE_SPREAD[0], ec), mem / min(ETA_MEMORY_SPREAD[0], em)) + launch * OVERHEAD_FACTOR
+    assert e.range_s == (pytest.approx(fast, rel=1e-9), pytest.approx(slow, rel=1e-9))
+    assert e.range_s[0] <= e.latency_s <= e.range_s[1]
+    d = e.to_dict()
+    assert d["latency_ms_range"] == [pytest.approx(fast * 1e3), pytest.approx(slow * 1e3)]
+    assert "uncalibrated" in d["inputs"]["uncertainty"]["how"]
+
+
+def test_a_calibrated_estimate_is_swept_over_its_fit_error(mid_trace, tmp_path, monkeypatch):
+    """Calibrated factors narrow the band to the calibration's stated rms relative error."""
+    import shutil
+
+    from vla_compress.hardware import ENV_DIR, load_hardware, save_calibration
+
+    shutil.copy(load_hardware(ORIN, calibrated=False).path, tmp_path / f"{ORIN}.yaml")
+    monkeypatch.setenv(ENV_DIR, str(tmp_path))
+    prof = load_hardware(ORIN, calibrated=False)
+    wide = estimate(mid_trace, prof, "fp16", "tensorrt")
+    save_calibration(prof, {"eta_compute.fp16": 0.5, "eta_memory.fp16": 0.7, "launch_overhead_us": 8.0},
+                     "fit by a test, rms relative error 10.0%", runtime="tensorrt")
+    cal = estimate(mid_trace, load_hardware(ORIN), "fp16", "tensorrt")
+    lo, hi = cal.range_s
+    assert lo == pytest.approx(sum_at(mid_trace, cal, 0.5 * 1.1, 0.7 * 1.1, 8.0 * 0.9), rel=1e-6)
+    assert hi == pytest.approx(sum_at(mid_trace, cal, 0.5 * 0.9, 0.7 * 0.9, 8.0 * 1.1), rel=1e-6)
+    assert hi - lo < wide.range_s[1] - wide.range_s[0]
+    assert "10%" in cal.inputs["uncertainty"]["how"]
+
+
+def sum_at(trace, e, eta_c: float, eta_m: float, overhead_us: float) -> float:
+    """The estimate's kernels re-timed by hand at uniform factors."""
+    from vla_compress.hardware import load_hardware
+    from vla_compress.profile.estimate import resolve_precision, roofline_terms
+
+    prof = load_hardware(e.device)
+    terms = roofline_terms(trace, prof, resolve_precision("fp16", prof, "tensorrt"), e.power_mode, "tensorrt", True)
+    return float(terms.times(eta_c, eta_m, overhead_us * 1e-6).sum())

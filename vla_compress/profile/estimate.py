@@ -25,6 +25,7 @@ runtime, peaks, bandwidth, etas and where they come from, kernels, token counts)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,16 @@ ALIASES = {"int8-dynamic": "int8", "int8-static": "int8", "int4-weight": "w4a16"
            "q8f16": "w8a16", "q4f16": "w4a16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 RUNTIME_PREFERENCE = ("tensorrt", "onnxruntime", "torch", "llama.cpp")
 GB = 1e9  # memory_gb and bandwidth_gbs are decimal GB
+# The uncertainty band of an estimate: each uncalibrated efficiency factor is swept over the spread
+# that public measurements show (/work/shared/hardware-facts.md: "start eta_c at 0.4-0.6"; eta_m of
+# 0.42 (llama.cpp Q4_0, AGX Orin) to 0.85 (MLC INT4, AGX Orin) in its efficiency table), and the
+# per-kernel overhead over a factor of 3 either way (assumed: per-kernel costs of small operators
+# differ that much between runtimes and hosts; a calibration replaces it). A calibrated factor is
+# swept over its fit's rms relative error instead.
+ETA_COMPUTE_SPREAD = (0.4, 0.6)
+ETA_MEMORY_SPREAD = (0.42, 0.85)
+OVERHEAD_FACTOR = 3.0
+CALIBRATED_ERROR_UNKNOWN = 0.25  # a calibrated factor whose source does not state its fit's error
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,7 @@ class Estimate:
     memory: MemoryFit
     inputs: dict[str, Any]
     bound: dict[str, float] = field(default_factory=dict)  # share of the time that is memory-bound, per group
+    range_s: tuple[float, float] = (0.0, 0.0)  # the uncertainty band (see ETA_COMPUTE_SPREAD)
 
     @property
     def chunk_size(self) -> int:
@@ -211,6 +223,7 @@ class Estimate:
     def to_dict(self) -> dict:
         return {"kind": "estimate", "device": self.device, "precision": self.precision, "runtime": self.runtime,
                 "power_mode": self.power_mode, "latency_ms": self.latency_s * 1e3,
+                "latency_ms_range": [self.range_s[0] * 1e3, self.range_s[1] * 1e3],
                 "inference_hz": 1.0 / self.latency_s, "control_hz": self.control_hz(),
                 "chunk_size": self.chunk_size,
                 "per_group_ms": {g: v * 1e3 for g, v in self.per_group_s.items()},
@@ -254,6 +267,7 @@ def estimate(trace: StepTrace, profile, precision: str | None = None, runtime: s
             mem = terms.memory_s[sel] / eta_m[sel] >= terms.compute_s[sel] / eta_c[sel]
             bound[g] = float(t[sel][mem].sum() / max(t[sel].sum(), 1e-30))
     fit = memory_fit(trace, spec, int(profile.memory_gb * GB))
+    band = uncertainty_band(terms, eta_c, eta_m, launch_s, profile, runtime)
     etas = {"eta_compute": {p: eff.compute(p) for p in sorted(set(terms.compute_precision))},
             "eta_memory": {p: eff.memory(p) for p in sorted(set(terms.memory_precision))},
             "launch_overhead_us": eff.launch_overhead_us}
@@ -271,4 +285,43 @@ def estimate(trace: StepTrace, profile, precision: str | None = None, runtime: s
         "kernels": int(terms.launch.sum()), "flops": float(terms.flops.sum()), "bytes": float(terms.bytes.sum()),
         "model": trace.model,
     }
-    return Estimate(profile.name, spec.name, runtime, mode, float(t.sum()), per_group, fit, inputs, bound)
+    inputs["uncertainty"] = band[2]
+    return Estimate(profile.name, spec.name, runtime, mode, float(t.sum()), per_group, fit, inputs, bound,
+                    (band[0], band[1]))
+
+
+def uncertainty_band(terms: RooflineTerms, eta_c: np.ndarray, eta_m: np.ndarray, launch_s: float, profile,
+                     runtime: str) -> tuple[float, float, dict]:
+    """(fastest, slowest) step time over the spread of every efficiency factor (see
+    ETA_COMPUTE_SPREAD), and how each factor was swept."""
+    def calibrated_error(group: str, key: str) -> float | None:
+        """None for an uncalibrated factor, else its fit's rms relative error (recorded in its source)."""
+        source = _eta_source(profile, group, key, runtime)
+        if not source.startswith("calibrated"):
+            return None
+        m = re.search(r"rms relative error ([0-9.]+)%", source)
+        return float(m.group(1)) / 100 if m else CALIBRATED_ERROR_UNKNOWN
+
+    def swept(values: np.ndarray, group: str, keys: list[str], spread: tuple[float, float]) -> tuple:
+        lo, hi = values.copy(), values.copy()
+        for i, k in enumerate(keys):
+            rel = calibrated_error(group, k)
+            if rel is not None:
+                lo[i], hi[i] = values[i] * (1 - rel), min(1.0, values[i] * (1 + rel))
+            else:
+                lo[i], hi[i] = min(spread[0], values[i]), max(spread[1], values[i])
+        return lo, hi
+
+    c_lo, c_hi = swept(eta_c, "eta_compute", terms.compute_precision, ETA_COMPUTE_SPREAD)
+    m_lo, m_hi = swept(eta_m, "eta_memory", terms.memory_precision, ETA_MEMORY_SPREAD)
+    rel = calibrated_error("launch_overhead_us", "")
+    if rel is not None:
+        l_lo, l_hi = launch_s * (1 - rel), launch_s * (1 + rel)
+        how = f"calibrated factors +-{rel:.0%} (the calibration's rms relative error)"
+    else:
+        l_lo, l_hi = launch_s / OVERHEAD_FACTOR, launch_s * OVERHEAD_FACTOR
+        how = (f"uncalibrated factors over eta_compute {ETA_COMPUTE_SPREAD}, eta_memory {ETA_MEMORY_SPREAD}, "
+               f"per-kernel overhead /{OVERHEAD_FACTOR:g} to x{OVERHEAD_FACTOR:g}")
+    fast = float(terms.times(c_hi, m_hi, l_lo).sum())
+    slow = float(terms.times(c_lo, m_lo, l_hi).sum())
+    return fast, slow, {"fastest_ms": fast * 1e3, "slowest_ms": slow * 1e3, "how": how}

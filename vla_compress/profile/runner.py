@@ -126,6 +126,7 @@ def estimate_row(target: Target, e) -> dict:
     d = e.to_dict()
     return {"target": target.spec, "kind": "estimated", "device": e.device, "precision": e.precision,
             "runtime": e.runtime, "power_mode": e.power_mode, "p50_ms": d["latency_ms"], "p99_ms": None,
+            "p50_ms_range": d["latency_ms_range"],
             "inference_hz": d["inference_hz"], "control_hz": d["control_hz"], "chunk_size": d["chunk_size"],
             "memory_bytes": e.memory.needed_bytes, "memory_what": "weights + KV cache + activations",
             "device_memory_bytes": e.memory.device_bytes, "fits": e.memory.fits, "breakdown_ms": d["per_group_ms"],

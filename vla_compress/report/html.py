@@ -98,6 +98,8 @@ def build_view(m: dict) -> dict:
             "est_mem": _fmt_bytes(est["memory_bytes"]) if est else "–",
             "est_precision": est["precision"] if est else "–",
             "est_calibrated": bool(est and est.get("calibrated")),
+            "est_range": (f"{_fmt_ms(est['p50_ms_range'][0])}–{_fmt_ms(est['p50_ms_range'][1])}"
+                          if est and est.get("p50_ms_range") else None),
             "parity_abs": f"{parity['max_abs']:.2e}" if parity.get("max_abs") is not None else "–",
             "parity_l1": (f"{parity.get('action_l1', parity.get('action_l1_mean')):.2e}"
                           if parity.get("action_l1", parity.get("action_l1_mean")) is not None else "–"),
@@ -131,7 +133,11 @@ def build_view(m: dict) -> dict:
     target = (m.get("recipe") or {}).get("config", {}).get("target", {})
     deploy = verdict.get("deploy")
     summary = summary_card(m, rows, deploy, target)
+    recipe = m.get("recipe") or {}
     return {
+        "recipe_origin": origin(recipe.get("source"), "profiles", recipe.get("name")),
+        "checkpoint_origin": origin((m.get("checkpoint") or {}).get("path"), "checkpoints"),
+        "host": ((prof.get("measured") or {}).get("baseline") or {}).get("device") or "this machine",
         "m": m, "rows": rows, "summary": summary, "verdict": verdict, "target": target,
         "pareto": plots.scatter_pareto(points, "latency per policy step here (ms, p50)", "MetaWorld success"),
         "tasks_chart": plots.grouped_bars(tasks, task_series),
@@ -156,6 +162,19 @@ def pass_row(entry: dict) -> dict:
     return {**entry, "disk_before": _fmt_bytes((entry.get("before") or {}).get("size_on_disk_bytes")),
             "disk_after": _fmt_bytes((entry.get("after") or {}).get("size_on_disk_bytes")),
             "action_l1": "–" if l1 is None else f"{l1:.4f}", "token_agreement": "–" if agree is None else f"{agree:.1%}"}
+
+
+def origin(path: str | None, shipped_dir: str, name: str | None = None) -> dict:
+    """How to show a recipe or checkpoint path: by name when it is a shipped one (wherever the run's
+    machine kept it), else as the user's file, by its name (the absolute path stays in the manifest)."""
+    from ..resources import shipped
+
+    p = Path(path or "")
+    stem = name or p.stem
+    is_shipped = p.parent.name == shipped_dir and (shipped(shipped_dir) / p.name).exists()
+    return {"name": stem if is_shipped else p.name or "–", "shipped": is_shipped,
+            "label": f"shipped {'recipe' if shipped_dir == 'profiles' else 'checkpoint'} {stem}" if is_shipped
+            else f"your {'recipe file' if shipped_dir == 'profiles' else 'checkpoint'} {p.name}"}
 
 
 def summary_card(m: dict, rows: list[dict], deploy: str | None, target: dict) -> dict:
