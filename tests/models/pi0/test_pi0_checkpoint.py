@@ -253,3 +253,26 @@ def test_empty_cameras_are_masked_minus_one_slots(tmp_path):
     assert x["image_masks"].tolist() == [[True, True, False]]
     assert torch.equal(x["pixel_values"][0, 2], torch.full((3, 16, 16), -1.0))
     assert torch.isfinite(chunk_for(vla, [make_obs(0)])).all()
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_config_dtype_runs_as_lerobot_does(pi0_dirs, kind, tmp_path):
+    """dtype="config" with config.json's "dtype": "bfloat16": LeRobot's mixed precision (bf16 Gemma weights,
+    float32 vision path, norms and projections); close to the float32 model, saved in the same layout."""
+    src = pi0_dirs[kind, "mixed"]
+    cfg = json.loads((src / "config.json").read_text())
+    path = tmp_path / "bf16"
+    shutil.copytree(src, path)
+    (path / "config.json").write_text(json.dumps({**cfg, "dtype": "bfloat16"}))
+    vla = Pi0.from_pretrained(path, dtype="config")
+    view = dict(vla.state_view().named_parameters())
+    file = load_file(str(path / WEIGHTS))
+    assert {k: p.dtype for k, p in view.items()} == {k: t.dtype for k, t in file.items()}
+    obs = [make_obs(2)]
+    got, want = chunk_for(vla, obs), chunk_for(load_vla(path), obs)
+    assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    assert (got - want).abs().max() < 0.1 * want.abs().max()
+    saved = load_file(str(vla.save_pretrained(tmp_path / "saved") / WEIGHTS))
+    assert all(torch.equal(saved[k], file[k]) and saved[k].dtype == file[k].dtype for k in file)
+    with pytest.raises(Exception, match="dtype must be"):
+        Pi0.from_pretrained(path, dtype="half")

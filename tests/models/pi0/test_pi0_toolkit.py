@@ -4,8 +4,6 @@ estimated `preset:pi0-3b` / `preset:pi05-3b`)."""
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 

@@ -14,7 +14,9 @@ A LeRobot π0 / π0.5 checkpoint directory:
 LeRobot's select_action executes of it (the first n_action_steps, robot units). The Euler start
 noise is `inputs["noise"]` when given (parity, reproducible runs), else drawn from the model's own
 torch.Generator (seeded with `noise_seed`, default 0), so two loads act identically. Weights load
-in float32 unless `dtype` is given (config.json's `dtype` is LeRobot's training precision).
+in float32 unless `dtype` is given; dtype="config" follows config.json's `dtype` as LeRobot does
+(bfloat16: every paligemma_with_expert weight in bf16 but the vision tower, the projector and the
+norms, which stay float32; the action/state/time projections float32).
 """
 
 from __future__ import annotations
@@ -180,7 +182,8 @@ class Pi0(Pi0Module, VLAAdapter):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, tokenizer_path: str | Path | None = None,
-                        dtype: torch.dtype | None = None, noise_seed: int = 0, allow_pickle: bool = False) -> "Pi0":
+                        dtype: torch.dtype | str | None = None, noise_seed: int = 0,
+                        allow_pickle: bool = False) -> "Pi0":
         """Load a LeRobot π0 / π0.5 directory; `tokenizer_path`: a local folder with the PaliGemma
         tokenizer.json (processor_pi0 lists where it is looked for otherwise; nothing is downloaded)."""
         path = Path(path)
@@ -207,10 +210,24 @@ class Pi0(Pi0Module, VLAAdapter):
                 restore_layer_sizes(model, sizes, "vla_compress")
         except ConfigError as e:
             raise CheckpointError(path / "config.json", str(e)) from None
-        model = model.to(dtype or torch.float32).to_empty(device="cpu")
+        if dtype not in (None, "config") and not isinstance(dtype, torch.dtype):
+            raise ConfigError(f"dtype must be a torch.dtype, None or 'config', got {dtype!r}")
+        mixed = dtype == "config" and cfg.dtype == "bfloat16"
+        model = model.to(torch.float32 if dtype in (None, "config") else dtype).to_empty(device="cpu")
         restore_modules(model, path)  # quantized modules, before the strict load
         load_strict(model.state_view(), state, file)
+        if mixed:
+            model.to_lerobot_bfloat16()
         return restore_state(model, path).eval()
+
+    def to_lerobot_bfloat16(self) -> "Pi0":
+        """LeRobot's `dtype: bfloat16` model: bf16 inside paligemma_with_expert except the parameters
+        whose checkpoint names hold one of its params_to_keep_float32 selectors."""
+        from .checkpoint_pi0 import stored_dtype
+
+        for name, p in self.state_view().named_parameters():
+            p.data = p.data.to(stored_dtype(name))
+        return self
 
     @classmethod
     def tiny(cls, seed: int = 0, **kwargs: Any) -> "Pi0":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from ..smolvla.checkpoint_smolvla import write_files
 from ..smolvla.fixtures import _stats_bytes
@@ -133,3 +134,14 @@ def processor_files(policy: dict, stats: dict, tokenizer_name: str = "google/pal
     files["policy_preprocessor.json"] = json.dumps({"name": "policy_preprocessor", "steps": pre}, indent=4).encode()
     files["policy_postprocessor.json"] = json.dumps({"name": "policy_postprocessor", "steps": post}, indent=4).encode()
     return files
+
+
+def stored_dtype(name: str) -> Any:
+    """LeRobot's `dtype: bfloat16` storage: bf16 inside paligemma_with_expert but for the vision path
+    and every norm (its params_to_keep_float32 selectors, matched as substrings), float32 outside."""
+    import torch
+
+    if not name.startswith("model.paligemma_with_expert."):
+        return torch.float32
+    keep = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm", "model.norm")
+    return torch.float32 if any(k in name for k in keep) else torch.bfloat16

@@ -19,13 +19,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ...fileio import save_safetensors, write_json
 from ..openvla.fixtures import _Random
 from ..smolvla.checkpoint_smolvla import write_files
 from ..smolvla.fixtures import tiny_stats
-from .checkpoint_pi0 import processor_files, tiny_policy_config, write_tiny_tokenizer
+from .checkpoint_pi0 import processor_files, stored_dtype, tiny_policy_config, write_tiny_tokenizer
 
 # ------------------------------------------------------------------------------------------ weights
 def _linear(t: dict, r: _Random, name: str, out_dim: int, in_dim: int, bias: bool = True) -> None:
@@ -98,15 +96,6 @@ def pi0_tensors(policy: dict, seed: int, embed_layout: str = "lm_head") -> dict:
         _linear(t, r, "model.action_time_mlp_in", w, 2 * w)
         _linear(t, r, "model.action_time_mlp_out", w, w)
     return t
-
-
-def stored_dtype(name: str) -> torch.dtype:
-    """LeRobot's `dtype: bfloat16` storage: bf16 inside paligemma_with_expert but for the vision path
-    and every norm (its params_to_keep_float32 selectors, matched as substrings), float32 outside."""
-    if not name.startswith("model.paligemma_with_expert."):
-        return torch.float32
-    keep = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm", "model.norm")
-    return torch.float32 if any(k in name for k in keep) else torch.bfloat16
 
 
 def write_tiny_pi0(path: str | Path, seed: int = 0, kind: str = "pi0", dtype: str = "mixed", stats: bool = True,
