@@ -109,7 +109,10 @@ def route_third_party_output() -> None:
     """Send third-party warnings and log records to `log_path()`; idempotent."""
     if "file" not in _state:
         path = log_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:  # no writable cache folder: leave the output as the libraries set it up
+            return
         handler = logging.FileHandler(path, delay=True, encoding="utf-8")  # no file until something is logged
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(name)s %(levelname)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
