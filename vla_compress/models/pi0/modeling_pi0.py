@@ -171,9 +171,10 @@ class GemmaBackbone(nn.Module):
         self.norm = GemmaRMSNorm(size.width)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Word embeddings scaled by sqrt(width) (in the weight's dtype, as transformers' Gemma)."""
+        """Word embeddings scaled by sqrt(width): a float32 constant cast to the weight's dtype, as
+        transformers' GemmaTextScaledWordEmbedding does (bf16: 45.25 for width 2048)."""
         w = self.embed_tokens.weight
-        return self.embed_tokens(ids) * torch.tensor(math.sqrt(w.shape[1]), dtype=w.dtype, device=w.device)
+        return self.embed_tokens(ids) * torch.tensor(math.sqrt(w.shape[1]), dtype=torch.float32).to(w.device, w.dtype)
 
     def forward(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> list[tuple]:
         """Post-RoPE keys/values (B, L, kv_heads, head_dim) of every layer (the last layer's output

@@ -109,7 +109,8 @@ class PaliGemmaTokenizer:
             v = conf.get(key, default)
             return v.get("content", default) if isinstance(v, dict) else (v or default)
 
-        self.bos_id, self.pad_id = self.tok.token_to_id(token("bos_token", "<bos>")), self.tok.token_to_id(token("pad_token", "<pad>"))
+        self.bos_id = self.tok.token_to_id(token("bos_token", "<bos>"))
+        self.pad_id = self.tok.token_to_id(token("pad_token", "<pad>"))
         self.eos_id = self.tok.token_to_id(token("eos_token", "<eos>"))
         if self.pad_id is None or self.bos_id is None:
             raise CheckpointError(file, "the tokenizer has no <pad> / <bos> token (PaliGemma's are needed)")
