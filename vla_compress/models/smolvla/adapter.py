@@ -30,7 +30,7 @@ from .configuration_smolvla import (SmolVLAArch, SmolVLAConfig, VLMConfig, smolv
                                     smolvlm2_500m_config_dict)
 from .modeling_smolvla import SmolVLAModule, checkpoint_view
 from .processor_smolvla import (FeatureNormalizer, LanguageTokenizer, ProcessorSettings, SmolVLAProcessor,
-                                read_pipelines, with_newline)
+                                placeholder_cameras, read_pipelines, with_newline)
 
 DEFAULT_INSTRUCTION = "pick up the object and place it at the goal"
 IMAGE_TOKENS = ("<fake_token_around_image>", "<global-img>")
@@ -137,9 +137,11 @@ class SmolVLA(SmolVLAModule, VLAAdapter):
         self._queue.clear()
 
     def dummy_observation(self, instruction: str | None = None) -> dict:
-        """A valid all-zero observation with every configured camera at its feature shape."""
-        obs: dict[str, Any] = {"images": {f.camera: np.zeros((f.shape[1], f.shape[2], 3), np.uint8)
-                                          for f in self.cfg.image_features},
+        """A valid all-zero observation with every configured camera at its feature shape, except
+        LeRobot's empty-camera placeholders (no observation has those: they become empty slots)."""
+        empty = placeholder_cameras(self.cfg)
+        feats = [f for f in self.cfg.image_features if f.key not in empty] or list(self.cfg.image_features)
+        obs: dict[str, Any] = {"images": {f.camera: np.zeros((f.shape[1], f.shape[2], 3), np.uint8) for f in feats},
                                "instruction": instruction or DEFAULT_INSTRUCTION}
         if self.cfg.state_feature is not None:
             obs["state"] = np.zeros(self.cfg.state_dim, np.float32)

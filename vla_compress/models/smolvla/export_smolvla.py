@@ -118,6 +118,9 @@ def smolvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     else:
         text = Dim("text", min=1, max=4096)
         shapes.update(lang_tokens={0: batch, 1: text}, lang_masks={0: batch, 1: text})
+    # the exporter pairs dynamic_shapes with forward()'s parameters by position: give them in
+    # forward()'s order, by name (a dict built in another order pairs noise's shapes with state's)
+    shapes = {name: shapes[name] for name in INPUTS}
     step = PolicyStep(vla).eval()
     return [GraphSpec("policy_step", step, tuple(example[k] for k in INPUTS), list(INPUTS), ["actions"], shapes,
                       weight_bytes(step))]

@@ -50,6 +50,9 @@ TINY_POLICY = {
     "pad_language_to": "max_length", "num_expert_layers": 0, "num_vlm_layers": 4, "self_attn_every_n_layers": 2,
     "expert_width_multiplier": 0.75, "min_period": 0.004, "max_period": 4.0,
 }
+# LeRobot's SmolVLAConfig defaults where TINY_POLICY differs (its tokenizer step pads to the longest task)
+LEROBOT_DEFAULTS = {"pad_language_to": "longest", "prefix_length": -1, "num_expert_layers": -1}
+EMPTY_CAMERA = "observation.images.empty_camera_"  # + i: LeRobot's placeholder features for empty_cameras
 _CORPUS = ["pick up the object and place it at the goal", "reach to the target location", "open the drawer",
            "put the red cube in the box", "push the button", "close the door", "stack the blocks",
            "Pick up the cube and put it in the bowl.\n"]
@@ -77,7 +80,8 @@ def vlm_config_dict(vision: dict | None = None, text: dict | None = None, scale_
 
 
 def tiny_vlm_files(config: dict) -> dict[str, bytes]:
-    """What SmolVLA reads of a SmolVLM directory: `config` as config.json, and the tiny tokenizer."""
+    """What SmolVLA reads of a SmolVLM directory: `config` as config.json, the tiny tokenizer, and
+    the video processor config SmolVLM2 ships (carried, never read)."""
     special = {"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>",
                "unk_token": "<|endoftext|>"}
     files = {"tokenizer.json": build_tiny_tokenizer().to_str(pretty=True),
@@ -85,6 +89,10 @@ def tiny_vlm_files(config: dict) -> dict[str, bytes]:
                                        "model_max_length": 8192, "tokenizer_class": "GPT2Tokenizer",
                                        "processor_class": "SmolVLMProcessor"},
              "special_tokens_map.json": {**special, "additional_special_tokens": ADDED},
+             # SmolVLM2's video processor settings (AutoProcessor reads them; SmolVLA's policy does not)
+             "video_preprocessor_config.json": {"video_processor_type": "SmolVLMVideoProcessor",
+                                                "processor_class": "SmolVLMProcessor", "fps": 1,
+                                                "size": {"longest_edge": 512}, "do_resize": True},
              "config.json": config}
     return {k: (v if isinstance(v, str) else json.dumps(v, indent=2)).encode() for k, v in files.items()}
 
@@ -105,9 +113,10 @@ def _stats_bytes(stats: dict) -> bytes:
                  for k, d in stats.items() for s, v in d.items()})
 
 
-def processor_files(policy: dict, stats: dict) -> dict[str, bytes]:
+def processor_files(policy: dict, stats: dict, normalize_observation_keys: list[str] | None = None) -> dict[str, bytes]:
     """policy_preprocessor.json / policy_postprocessor.json as LeRobot writes them for SmolVLA, and
-    the statistics files (only when there are statistics, as LeRobot does)."""
+    the statistics files (only when there are statistics, as LeRobot does). The normalizer step's
+    config has `normalize_observation_keys` (sorted, as LeRobot's get_config writes it) when given."""
     feats = {**policy["input_features"], **policy["output_features"]}
     norm = {"eps": 1e-8, "features": feats, "norm_map": policy["normalization_mapping"]}
     out_feats = policy["output_features"]
@@ -115,7 +124,9 @@ def processor_files(policy: dict, stats: dict) -> dict[str, bytes]:
     post_stats = {k: v for k, v in stats.items() if k in out_feats}
     pre_state, post_state = ("policy_preprocessor_step_5_normalizer_processor.safetensors",
                              "policy_postprocessor_step_0_unnormalizer_processor.safetensors")
-    normalizer = {"registry_name": "normalizer_processor", "config": norm}
+    normalizer = {"registry_name": "normalizer_processor", "config": dict(norm)}
+    if normalize_observation_keys is not None:
+        normalizer["config"]["normalize_observation_keys"] = sorted(normalize_observation_keys)
     unnormalizer = {"registry_name": "unnormalizer_processor", "config": {**norm, "features": out_feats}}
     files = {}
     if pre_stats:
@@ -139,15 +150,25 @@ def processor_files(policy: dict, stats: dict) -> dict[str, bytes]:
 
 
 def tiny_stats(policy: dict, seed: int) -> dict:
-    """Dataset statistics for the tiny features (mean/std/min/max/q01/q99; images per channel)."""
+    """Dataset statistics for the tiny features (mean/std/min/max/q01/q99/q10/q90; images per
+    channel, (3, 1, 1) as LeRobot's compute_stats writes them, of [0, 1] pixels). A dataset has
+    none for LeRobot's empty-camera placeholders."""
     g = torch.Generator().manual_seed(seed + 17)
+    pixels = torch.Generator().manual_seed(seed + 29)  # its own stream: the state/action draws stay put
     out = {}
     for key, f in {**policy["input_features"], **policy["output_features"]}.items():
-        shape = (3, 1, 1) if f["type"] == "VISUAL" else tuple(f["shape"])
-        mean = 0.5 * torch.randn(shape, generator=g)
-        std = 0.2 + torch.rand(shape, generator=g)
+        if key.startswith(EMPTY_CAMERA):
+            continue
+        if f["type"] == "VISUAL":  # pixel statistics: mean in [0.3, 0.7], std in [0.1, 0.3]
+            torch.randn(3, 1, 1, generator=g), torch.rand(3, 1, 1, generator=g)  # the earlier draws: same action stats
+            mean = 0.3 + 0.4 * torch.rand(3, 1, 1, generator=pixels)
+            std = 0.1 + 0.2 * torch.rand(3, 1, 1, generator=pixels)
+        else:
+            mean = 0.5 * torch.randn(tuple(f["shape"]), generator=g)
+            std = 0.2 + torch.rand(tuple(f["shape"]), generator=g)
         out[key] = {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std,
-                    "q01": mean - 1.8 * std, "q99": mean + 1.8 * std, "count": torch.tensor([100.0])}
+                    "q01": mean - 1.8 * std, "q99": mean + 1.8 * std, "q10": mean - 1.2 * std,
+                    "q90": mean + 1.3 * std, "count": torch.tensor([100.0])}
     return out
 
 
@@ -231,22 +252,40 @@ def stored_dtype(name: str, policy: dict) -> torch.dtype:
 
 def write_tiny_smolvla(path: str | Path, seed: int = 0, vlm_dir: str | Path | None = None, stats: bool = True,
                        dtype: str = "mixed", vision: dict | None = None, text: dict | None = None,
-                       **policy_overrides) -> Path:
+                       normalization: str | dict | None = None,
+                       normalize_observation_keys: list[str] | None = None, **policy_overrides) -> Path:
     """A tiny SmolVLA checkpoint directory at `path` and its VLM directory (default `<path>-vlm`).
+
     `policy_overrides` replace config.json keys (attention_mode, num_expert_layers, pad_language_to,
-    add_image_special_tokens, empty_cameras, input_features, ...). dtype "mixed" stores tensors
-    as lerobot/smolvla_base does (bf16 + f32), "float32" keeps every tensor in float32."""
+    add_image_special_tokens, empty_cameras, input_features, prefix_length, ...); `**LEROBOT_DEFAULTS`
+    gives what LeRobot's SmolVLAConfig defaults to where this fixture differs (padding to the
+    longest task). `empty_cameras: N` declares LeRobot's N `observation.images.empty_camera_<i>`
+    features (3 x 480 x 640, as SmolVLAConfig.validate_features adds them; no statistics).
+    `normalization`: one mode (IDENTITY, MEAN_STD, MIN_MAX, QUANTILES, QUANTILE10) for every
+    feature type, or a {type: mode} dict over normalization_mapping. `stats`: write the statistics
+    files (every stat for every feature, images per channel). `normalize_observation_keys`: the
+    normalizer step's key filter. `dtype`: "mixed" stores tensors as lerobot/smolvla_base and
+    LeRobot's save_pretrained do (bf16 VLM and expert, f32 projections and cross-attention k/v),
+    "bfloat16" every tensor in bf16, "float32" every tensor in float32."""
+    if dtype not in ("mixed", "bfloat16", "float32"):
+        raise ValueError(f"dtype must be 'mixed', 'bfloat16' or 'float32', got {dtype!r}")
     path = Path(path)
     vlm_path = Path(vlm_dir) if vlm_dir is not None else path.with_name(path.name + "-vlm")
     write_tiny_vlm(vlm_path, vision, text)
     policy = {**TINY_POLICY, **policy_overrides, "vlm_model_name": str(vlm_path.resolve())}
+    if normalization is not None:
+        modes = ({t: normalization for t in ("VISUAL", "STATE", "ACTION")} if isinstance(normalization, str)
+                 else dict(normalization))
+        policy["normalization_mapping"] = {**policy["normalization_mapping"], **modes}
+    policy["input_features"] = {**policy["input_features"], **{
+        f"{EMPTY_CAMERA}{i}": {"type": "VISUAL", "shape": [3, 480, 640]} for i in range(int(policy["empty_cameras"]))}}
     vlm = json.loads((vlm_path / "config.json").read_text())
     path.mkdir(parents=True, exist_ok=True)
     tensors = smolvla_tensors(policy, vlm, seed)
-    if dtype == "mixed":
-        tensors = {k: v.to(stored_dtype(k, policy)) for k, v in tensors.items()}
+    if dtype != "float32":
+        tensors = {k: v.to(stored_dtype(k, policy) if dtype == "mixed" else torch.bfloat16) for k, v in tensors.items()}
     save_safetensors(tensors, path / "model.safetensors", metadata={"format": "pt"})
-    write_files(processor_files(policy, tiny_stats(policy, seed) if stats else {}), path)
+    write_files(processor_files(policy, tiny_stats(policy, seed) if stats else {}, normalize_observation_keys), path)
     write_json(path / "train_config.json", {"dataset": {"repo_id": "tiny/fixture"}, "steps": 0, "seed": seed})
     write_json(path / "config.json", policy)
     return path

@@ -294,8 +294,10 @@ class SmolVLAModule(nn.Module):
         flags = torch.zeros_like(pad)
         flags[:, -1] = True
         target = self.arch.policy.prefix_length - dropped
-        if pad.shape[1] < target:  # LeRobot's prefix_length: zero-pad to a fixed length
-            extra = target - pad.shape[1]
+        if target > 0:  # LeRobot's prefix_length: zero-pad a shorter prefix to a fixed length
+            # sym_max, not `if P < target`: traced with a dynamic number of cameras / text length,
+            # a comparison would guard on those sizes; max(target - P, 0) stays symbolic
+            extra = torch.sym_max(target - pad.shape[1], 0)
             embs = F.pad(embs, (0, 0, 0, extra))
             pad, flags = F.pad(pad, (0, extra)), F.pad(flags, (0, extra))
         return embs, pad, flags

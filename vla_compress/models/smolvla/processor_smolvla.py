@@ -14,12 +14,17 @@ one does here, written from LeRobot's processor definitions:
     QUANTILES  / QUANTILE10: the same with q01/q99 / q10/q90 (a zero range becomes eps)
   A feature without statistics in the file passes through unchanged, as in LeRobot (lerobot/
   smolvla_base ships statistics only under robot-prefixed keys, so its state and actions are not
-  normalised); `FeatureNormalizer.describe()` says which features that is.
+  normalised); `FeatureNormalizer.describe()` says which features that is. `normalize_observation_keys`
+  (when the step has it) limits the *observation* features normalised to those keys; the action
+  is (un)normalised either way. Image statistics of shape (C,) act per channel, as (C, 1, 1).
 - batch / device steps: nothing to do (numpy in, torch on the CPU out).
-Images (the model's prepare_images): HxWx3 uint8 (or float already in [0, 1]) -> float in [0, 1], bilinear resize keeping the
-aspect ratio so it fits `resize_imgs_with_padding` (width, height), zero padding on the left and
-top, then x * 2 - 1. Cameras are taken in config order among those present; up to `empty_cameras`
-missing ones become all -1 images with a false mask. State: normalised, zero-padded to max_state_dim.
+Images: HxWx3 uint8 (or float already in [0, 1]) -> float (B, 3, H, W) in [0, 1]; the normalizer
+step (VISUAL mode, at the camera's own resolution, as LeRobot's preprocessor runs before the model);
+then the model's prepare_images: bilinear resize keeping the aspect ratio so it fits
+`resize_imgs_with_padding` (width, height), zero padding on the left and top, then x * 2 - 1.
+Cameras are taken in config order among those present; up to `empty_cameras` missing ones become
+all -1 images with a false mask (LeRobot declares them as `observation.images.empty_camera_<i>`
+features that no observation carries). State: normalised, zero-padded to max_state_dim.
 """
 
 from __future__ import annotations
@@ -114,17 +119,26 @@ class FeatureNormalizer:
     stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     eps: float = 1e-8
     source: Path | None = None
+    observation_keys: frozenset[str] | None = None  # normalize_observation_keys; None: every feature
+
+    def _skipped(self, key: str) -> bool:
+        """An observation feature left out by normalize_observation_keys (actions never are)."""
+        return (self.observation_keys is not None and self.features.get(key) != "ACTION"
+                and key not in self.observation_keys)
 
     def mode(self, key: str) -> str:
         mode = self.norm_map.get(self.features.get(key, ""), "IDENTITY")
-        return mode if mode != "IDENTITY" and key in self.stats else "IDENTITY"
+        return mode if mode != "IDENTITY" and key in self.stats and not self._skipped(key) else "IDENTITY"
 
     def describe(self) -> dict[str, str]:
         """Feature -> the mode applied ("IDENTITY (no statistics)" when the file has none for it)."""
         out = {}
         for key, kind in self.features.items():
             wanted = self.norm_map.get(kind, "IDENTITY")
-            out[key] = wanted if wanted == "IDENTITY" or key in self.stats else f"IDENTITY (no {wanted} statistics)"
+            if wanted != "IDENTITY" and self._skipped(key):
+                out[key] = "IDENTITY (not in normalize_observation_keys)"
+            else:
+                out[key] = wanted if wanted == "IDENTITY" or key in self.stats else f"IDENTITY (no {wanted} statistics)"
         return out
 
     def _pair(self, key: str, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,6 +154,13 @@ class FeatureNormalizer:
         if mode == "IDENTITY":
             return x
         a, b = (s.to(x.dtype) for s in self._pair(key, mode))
+        try:
+            fits = torch.broadcast_shapes(a.shape, b.shape, x.shape) == x.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise CheckpointError(self.source or Path("."), f"{mode} statistics of {key!r} have shape {tuple(a.shape)}, "
+                                                            f"which does not fit its values' shape {tuple(x.shape)}")
         if mode == "MEAN_STD":
             return x * b + a if inverse else (x - a) / (b + self.eps)
         span = b - a
@@ -156,6 +177,10 @@ def _normalizer(step: dict, root: Path, pipeline_file: Path) -> FeatureNormalize
     feats = cfg.get("features") or {}
     if not isinstance(feats, dict) or not all(isinstance(f, dict) and "type" in f for f in feats.values()):
         raise CheckpointError(pipeline_file, f"{step.get('registry_name')}: config.features must map key -> {{type, shape}}")
+    keys = cfg.get("normalize_observation_keys")
+    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
+        raise CheckpointError(pipeline_file, f"{step.get('registry_name')}: config.normalize_observation_keys must "
+                                             f"be a list of feature names, got {keys!r}")
     stats: dict[str, dict[str, torch.Tensor]] = {}
     if step.get("state_file"):
         name = step["state_file"]
@@ -163,9 +188,13 @@ def _normalizer(step: dict, root: Path, pipeline_file: Path) -> FeatureNormalize
             raise CheckpointError(pipeline_file, f"state_file {name!r} must be a plain file name")
         for flat, t in load_safetensors(root / name).items():
             key, _, stat = flat.rpartition(".")
-            stats.setdefault(key, {})[stat] = t.to(torch.float32)
+            t = t.to(torch.float32)
+            if feats.get(key, {}).get("type") == "VISUAL" and t.ndim == 1:
+                t = t.reshape(-1, 1, 1)  # per-channel image statistics (LeRobot's _reshape_visual_stats)
+            stats.setdefault(key, {})[stat] = t
     return FeatureNormalizer({k: f["type"] for k, f in feats.items()}, dict(cfg.get("norm_map") or {}), stats,
-                             float(cfg.get("eps", 1e-8)), root / step["state_file"] if step.get("state_file") else None)
+                             float(cfg.get("eps", 1e-8)), root / step["state_file"] if step.get("state_file") else None,
+                             None if keys is None else frozenset(keys))
 
 
 @dataclass
@@ -231,6 +260,12 @@ def resize_with_pad(img: torch.Tensor, height: int, width: int, pad_value: float
 
 
 # --------------------------------------------------------------------------------------- processor
+def placeholder_cameras(cfg: SmolVLAConfig) -> frozenset[str]:
+    """The image features LeRobot's SmolVLAConfig.validate_features adds for `empty_cameras`
+    (`observation.images.empty_camera_<i>`): declared, never in an observation."""
+    return frozenset(f"observation.images.empty_camera_{i}" for i in range(cfg.empty_cameras))
+
+
 class SmolVLAProcessor:
     """Observations -> {pixel_values (B, N, 3, S, S), image_masks (B, N), lang_tokens (B, T),
     lang_masks (B, T), state (B, max_state_dim)}; actions back to robot units."""
@@ -272,6 +307,7 @@ class SmolVLAProcessor:
         imgs = []
         for f in present:
             batch = torch.stack([self._image(d[f.key], f.camera) for d in by_key])
+            batch = self.settings.normalizer(f.key, batch)  # LeRobot's normalizer step, before the model
             if self.cfg.resize_imgs_with_padding is not None:
                 batch = resize_with_pad(batch, self.size, self.size)
             elif batch.shape[-2:] != (self.size, self.size):
