@@ -219,7 +219,8 @@ def test_missing_tokenizer_says_how_to_point_at_it(pi0_dirs, copy_dir, monkeypat
 @pytest.mark.parametrize("edit, words", [
     (lambda t: t.pop("model.action_in_proj.weight"), ["missing", "model.action_in_proj.weight"]),
     (lambda t: t.update({"model.state_proj.weight": torch.zeros(32, 7)}), ["wrong shapes", "model.state_proj.weight"]),
-    (lambda t: t.update({"model.time_mlp_in.weight": torch.zeros(32, 32)}), ["unexpected", "model.time_mlp_in"]),
+    (lambda t: t.update({"model.time_mlp_in.weight": torch.zeros(32, 32)}), ["both map to", "model.time_mlp_in"]),
+    (lambda t: t.update({"model.extra.weight": torch.zeros(3)}), ["unexpected", "model.extra.weight"]),
 ])
 def test_bad_weights_fail_loudly(pi0_dirs, copy_dir, edit, words):
     path = copy_dir(pi0_dirs["pi0", "float32"])
@@ -276,3 +277,17 @@ def test_config_dtype_runs_as_lerobot_does(pi0_dirs, kind, tmp_path):
     assert all(torch.equal(saved[k], file[k]) and saved[k].dtype == file[k].dtype for k in file)
     with pytest.raises(Exception, match="dtype must be"):
         Pi0.from_pretrained(path, dtype="half")
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_openpi_converted_names_load_as_lerobot_remaps_them(pi0_dirs, copy_dir, kind):
+    """No "model." prefix, the other variant's time-MLP names, π0.5 with a leftover state_proj."""
+    path = copy_dir(pi0_dirs[kind, "float32"])
+    t = load_file(str(path / WEIGHTS))
+    swap = ("model.action_time_mlp_", "time_mlp_") if kind == "pi0" else ("model.time_mlp_", "action_time_mlp_")
+    renamed = {(swap[1] + k[len(swap[0]):]) if k.startswith(swap[0]) else k[len("model."):]: v for k, v in t.items()}
+    if kind == "pi05":
+        renamed["state_proj.weight"] = torch.zeros(32, 8)
+    save_file(renamed, str(path / WEIGHTS))
+    obs = [make_obs(4)]
+    assert torch.equal(chunk_for(Pi0.from_pretrained(path), obs), chunk_for(load_vla(pi0_dirs[kind, "float32"]), obs))

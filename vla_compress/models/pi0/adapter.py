@@ -196,7 +196,12 @@ class Pi0(Pi0Module, VLAAdapter):
         if not file.is_file():
             shards = sorted(path.glob("model-*-of-*.safetensors"))
             raise CheckpointError(file, "file not found" + (" (sharded weights are not supported)" if shards else ""))
-        state = load_safetensors(file)
+        from .checkpoint_pi0 import normalize_keys
+
+        try:
+            state = normalize_keys(load_safetensors(file), cfg.kind)
+        except ValueError as e:
+            raise CheckpointError(file, str(e)) from None
         names = processor_file_names(path) + [n for n in SIDE_FILES if (path / n).is_file()]
         files = {n: (path / n).read_bytes() for n in names if (path / n).is_file()}
         from ...checkpoint.layer_sizes import parse_layer_sizes

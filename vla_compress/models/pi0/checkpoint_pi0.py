@@ -145,3 +145,21 @@ def stored_dtype(name: str) -> Any:
         return torch.float32
     keep = ("vision_tower", "multi_modal_projector", "input_layernorm", "post_attention_layernorm", "model.norm")
     return torch.float32 if any(k in name for k in keep) else torch.bfloat16
+
+
+def normalize_keys(state: dict, kind: str) -> dict:
+    """Tensor names as LeRobot's loader remaps them (its _fix_pytorch_state_dict_keys): a missing
+    "model." prefix is added (checkpoints converted from openpi), π0's time MLP may be stored as
+    time_mlp_* and π0.5's as action_time_mlp_*, and a π0.5 file's unused state_proj is dropped."""
+    out: dict = {}
+    mine, other = ("action_time_mlp_", "time_mlp_") if kind == "pi0" else ("time_mlp_", "action_time_mlp_")
+    for name, value in state.items():
+        key = name if name.startswith("model.") else f"model.{name}"
+        if key.startswith(f"model.{other}"):
+            key = f"model.{mine}" + key[len(f"model.{other}"):]
+        if kind == "pi05" and key.startswith("model.state_proj."):
+            continue
+        if key in out:
+            raise ValueError(f"tensors {out[key][0]!r} and {name!r} both map to {key!r} (LeRobot's renaming)")
+        out[key] = (name, value)
+    return {k: v for k, (_, v) in out.items()}
