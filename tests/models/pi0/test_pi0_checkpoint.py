@@ -179,6 +179,9 @@ def _edit_pipeline(path, name, edit):
     ("policy_preprocessor.json",
      lambda s: [st["config"].update(enabled=True) for st in s if st["registry_name"] == "relative_actions_processor"],
      "relative_actions_processor.*enabled=true.*not supported"),
+    ("policy_preprocessor.json",
+     lambda s: [st["config"].update(float_dtype="bfloat16") for st in s if st["registry_name"] == "device_processor"],
+     "device_processor.*float_dtype='bfloat16'.*not supported"),
 ])
 def test_unsupported_processor_steps_are_refused_by_name(pi0_dirs, copy_dir, file, edit, words):
     path = copy_dir(pi0_dirs["pi0", "mixed"])
@@ -291,3 +294,18 @@ def test_openpi_converted_names_load_as_lerobot_remaps_them(pi0_dirs, copy_dir, 
     save_file(renamed, str(path / WEIGHTS))
     obs = [make_obs(4)]
     assert torch.equal(chunk_for(Pi0.from_pretrained(path), obs), chunk_for(load_vla(pi0_dirs[kind, "float32"]), obs))
+
+
+def test_normalize_observation_keys_leaves_other_observations_raw(pi0_dirs, copy_dir):
+    path = copy_dir(pi0_dirs["pi0", "float32"])
+
+    def only_images(steps):
+        for st in steps:
+            if st["registry_name"] == "normalizer_processor":
+                st["config"]["normalize_observation_keys"] = ["observation.images.wrist"]
+
+    _edit_pipeline(path, "policy_preprocessor.json", only_images)
+    obs = make_obs(1)
+    raw = Pi0.from_pretrained(path).preprocess([obs])["state"][0, :5]
+    assert torch.equal(raw, torch.from_numpy(obs["state"]))
+    assert not torch.equal(load_vla(pi0_dirs["pi0", "float32"]).preprocess([obs])["state"][0, :5], raw)

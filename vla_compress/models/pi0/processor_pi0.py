@@ -183,12 +183,15 @@ def read_pipelines(root: Path, cfg: Pi0Config) -> ProcessorSettings:
     for file, known in ((pre_file, PRE_STEPS), (post_file, POST_STEPS)):
         for i, step in enumerate(_steps(file)):
             name = step.get("registry_name") or step.get("class")
+            conf = step.get("config") or {}
+            if name == "device_processor" and conf.get("float_dtype") not in (None, "float32"):
+                raise CheckpointError(file, f"step {i} ({name!r}) with float_dtype={conf['float_dtype']!r} (inputs "
+                                            "cast before normalisation) is not supported")
             if name in NO_OP_STEPS:
                 continue
             if name not in known:
                 raise CheckpointError(file, f"step {i} ({name!r}) is not supported; supported steps: "
                                             f"{', '.join(known + NO_OP_STEPS)}")
-            conf = step.get("config") or {}
             seen.append(name)
             if name in ("relative_actions_processor", "absolute_actions_processor"):
                 if conf.get("enabled"):
@@ -207,7 +210,12 @@ def read_pipelines(root: Path, cfg: Pi0Config) -> ProcessorSettings:
                                                 "discretises the normalised state, this order is not supported")
                 found["state_prompt"] = True
             else:
-                found[name] = _normalizer(step, root, file)
+                found[name] = norm = _normalizer(step, root, file)
+                only = conf.get("normalize_observation_keys")
+                if only is not None:  # observations outside the list stay as given (actions are not observations)
+                    for key, kind in norm.features.items():
+                        if kind != "ACTION" and key not in only:
+                            norm.stats.pop(key, None)
     if "normalizer_processor" not in found or "unnormalizer_processor" not in found:
         raise CheckpointError(pre_file, "needs a normalizer_processor step (and the postprocessor an "
                                         "unnormalizer_processor step)")
