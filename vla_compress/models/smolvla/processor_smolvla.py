@@ -121,13 +121,16 @@ class FeatureNormalizer:
     source: Path | None = None
     observation_keys: frozenset[str] | None = None  # normalize_observation_keys; None: every feature
 
+    def kind(self, key: str) -> str:
+        """The feature type; LeRobot (un)normalises "action" as ACTION whether or not it is listed."""
+        return self.features.get(key) or ("ACTION" if key == "action" else "")
+
     def _skipped(self, key: str) -> bool:
         """An observation feature left out by normalize_observation_keys (actions never are)."""
-        return (self.observation_keys is not None and self.features.get(key) != "ACTION"
-                and key not in self.observation_keys)
+        return self.observation_keys is not None and self.kind(key) != "ACTION" and key not in self.observation_keys
 
     def mode(self, key: str) -> str:
-        mode = self.norm_map.get(self.features.get(key, ""), "IDENTITY")
+        mode = self.norm_map.get(self.kind(key), "IDENTITY")
         return mode if mode != "IDENTITY" and key in self.stats and not self._skipped(key) else "IDENTITY"
 
     def describe(self) -> dict[str, str]:
