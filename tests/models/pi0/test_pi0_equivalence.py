@@ -12,7 +12,10 @@ math, reading the tensors straight from the checkpoint file by LeRobot's names (
                     π0.5 [action_in_proj(x)], cond = silu(mlp(sincos(t))), flags 1 0..0; positions
                     after the real prefix; queries see [prefix K/V ; suffix K/V]
   flow:             x <- x + dt v(x, t), t = 1, 1 - 1/N, ... (float32 times), dt = -1/N
-One Gemma layer and the vision tower are also checked against transformers' own modules.
+One Gemma layer and the vision tower are also checked against transformers' own modules, and the
+whole π0 step against transformers' GemmaModel run as LeRobot's PaliGemmaWithExpertModel runs it
+(prefix into a KV cache, the expert reading it at every Euler step; the images through our SigLIP,
+checked separately).
 """
 
 from __future__ import annotations
@@ -266,3 +269,66 @@ def test_one_gemma_layer_and_siglip_match_transformers(pi0_dirs):
         # (transformers' eager attention takes its softmax in float32)
         torch.testing.assert_close(model.vision_encoder(img), siglip(pixel_values=img).last_hidden_state,
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_pi0_matches_transformers_gemma_run_as_lerobot_runs_it(pi0_dirs):
+    """LeRobot's inference path built from transformers' GemmaModel: the backbone prefilled once into a
+    DynamicCache with openpi's additive 4D mask, then every Euler step the expert GemmaModel reading
+    a copy of that cache (its keys/values appended after the prefix's), float32."""
+    import copy
+    import inspect
+
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.gemma.modeling_gemma import GemmaModel
+
+    path = pi0_dirs["pi0", "float32"]
+    sd, policy = read(path)
+    sd = {k: v.float() for k, v in sd.items()}
+    arch = policy["vla_compress"]["architecture"]
+
+    def gemma(g, prefix):
+        cfg = transformers.GemmaConfig(hidden_size=g["width"], intermediate_size=g["mlp_dim"], num_hidden_layers=g["depth"],
+                                       num_attention_heads=g["num_heads"], num_key_value_heads=g["num_kv_heads"],
+                                       head_dim=g["head_dim"], vocab_size=arch["vocab_size"],
+                                       hidden_activation="gelu_pytorch_tanh")
+        cfg._attn_implementation = "eager"
+        m = GemmaModel(cfg).eval()
+        own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        missing, unexpected = m.load_state_dict(own, strict=False)
+        assert not unexpected and set(missing) <= {"embed_tokens.weight"}
+        return m
+
+    lm = gemma(arch["paligemma"], LM)
+    expert = gemma(arch["action_expert"], EX)
+    cache_kw = "cache" if "cache" in inspect.signature(GemmaModel.forward).parameters else "past_key_values"
+    model = Pi0.from_pretrained(path)
+    x = model.preprocess([make_obs(1), make_obs(2, instruction="reach")])
+    noise = torch.randn(model.noise_shape(2), generator=torch.Generator().manual_seed(0))
+    b, n = x["pixel_values"].shape[:2]
+
+    def additive(mask):
+        return torch.where(mask[:, None], 0.0, -2.3819763e38)
+
+    with torch.no_grad():
+        want = model.predict_chunk({**x, "noise": noise})
+        img = model.projector(model.vision_encoder(x["pixel_values"].flatten(0, 1))).reshape(b, -1, arch["paligemma"]["width"])
+        per = img.shape[1] // n
+        embs = torch.cat([img, F.embedding(x["lang_tokens"], sd[LM + "embed_tokens.weight"]) * torch.tensor(
+            math.sqrt(arch["paligemma"]["width"]))], 1)
+        pad = torch.cat([x["image_masks"][:, :, None].expand(b, n, per).reshape(b, -1), x["lang_masks"]], 1)
+        out = lm(inputs_embeds=embs, attention_mask=additive(pad[:, None] & pad[:, :, None]),
+                 position_ids=pad.long().cumsum(1) - 1, use_cache=True)
+        cache = out.past_key_values
+        flags = torch.tensor([1, 1] + [0] * 4).cumsum(0)
+        seen = torch.cat([pad[:, None].expand(b, 6, pad.shape[1]), (flags[None] <= flags[:, None])[None].expand(b, 6, 6)], 2)
+        xt = noise.clone()
+        for k in range(4):
+            t = torch.tensor(1.0 - k / 4, dtype=torch.float32).expand(b)
+            a = lin(xt, sd, "model.action_in_proj")
+            h = lin(F.silu(lin(torch.cat([a, sincos(t, a.shape[-1]).float()[:, None].expand_as(a)], -1), sd,
+                               "model.action_time_mlp_in")), sd, "model.action_time_mlp_out")
+            s = torch.cat([lin(x["state"], sd, "model.state_proj")[:, None], h], 1)
+            o = expert(inputs_embeds=s, attention_mask=additive(seen), position_ids=pad.sum(1, keepdim=True) + torch.arange(6),
+                       use_cache=False, **{cache_kw: copy.deepcopy(cache)}).last_hidden_state
+            xt = xt - 0.25 * lin(o[:, -5:], sd, "model.action_out_proj")
+    torch.testing.assert_close(xt[:, :, :4], want, rtol=1e-6, atol=1e-6)
