@@ -89,4 +89,8 @@ def test_generic_code_names_no_family():
             elif (isinstance(node, ast.Attribute) and node.attr in ("cfg", "arch")
                   and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
                 bad.append(f"{where} reads a family config ({ast.unparse(node)})")
+            elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr"
+                  and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant)
+                  and node.args[1].value in ("cfg", "arch")):
+                bad.append(f"{where} reads a family config ({ast.unparse(node)})")
     assert not bad, "\n".join(bad)

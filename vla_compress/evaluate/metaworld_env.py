@@ -79,12 +79,19 @@ def camera_specs(camera: "CameraSpec | tuple[CameraSpec, ...] | list[CameraSpec]
     return cams
 
 
+# the cameras of MetaWorld's scene (sawyer_xyz_base.xml), which CameraSpec can render
+METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "gripperPOV", "behindGripper")
+
+
 def cameras_read_by(obj: object) -> tuple[str, ...] | None:
-    """The MetaWorld camera names a model, policy or artifact processor reads, when its config
-    names them (the reference family's `vision.cameras`); None means the default camera."""
+    """The MetaWorld camera names a model, policy or artifact processor reads (its `cameras`), when
+    they are MetaWorld cameras (the reference family names them); None means the default camera."""
     for owner in (obj, getattr(obj, "vla", None), getattr(obj, "processor", None)):
-        cams = getattr(getattr(getattr(owner, "cfg", None), "vision", None), "cameras", None)
-        if cams:
+        try:
+            cams = getattr(owner, "cameras", None)
+        except NotImplementedError:  # an adapter without dummy_observation
+            cams = None
+        if cams and all(c in METAWORLD_CAMERAS for c in cams):
             return tuple(cams)
     return None
 

@@ -74,8 +74,9 @@ def run_export(exporter: "Exporter", vla: Any, config: ExportConfig, out_dir: Pa
 def source_info(vla: Any, source: str | Path | None) -> dict:
     """The manifest's `source`: family, head, preset, weights fingerprint and, when the checkpoint
     directory is known, the hashes of its files."""
-    info = {"family": getattr(vla, "family", ""), "head": getattr(getattr(vla, "cfg", None), "head", None),
-            "preset": getattr(getattr(vla, "cfg", None), "preset", None), "weights_sha256": weights_fingerprint(vla),
+    spec = getattr(vla, "action_spec", None)
+    info = {"family": getattr(vla, "family", ""), "head": getattr(spec, "head", None),
+            "preset": getattr(vla, "preset", None), "weights_sha256": weights_fingerprint(vla),
             "checkpoint": None, "checkpoint_files": {}}
     if source is not None:
         src = Path(source)

@@ -106,9 +106,14 @@ class VLAAdapter:
     # `compression_log`: one entry per pass applied (saved in compression.json).
 
     @property
+    def preset(self) -> str | None:
+        """The named shape the model was built from (a family preset), if it records one."""
+        return getattr(getattr(self, "cfg", None), "preset", None)
+
+    @property
     def model_name(self) -> str:
         """A short name of the model's shape (its preset, else "custom"), for artifact metadata."""
-        return f"{self.family}-{getattr(getattr(self, 'cfg', None), 'preset', None) or 'custom'}"
+        return f"{self.family}-{self.preset or 'custom'}"
 
     # --- identity ----------------------------------------------------------------------
     @property

@@ -263,7 +263,7 @@ def trace_policy_step(vla, observation: dict | None = None) -> StepTrace:
     matrix = sum(p.numel() for p in vla.parameters() if p.dim() >= 2)
     vector = sum(p.numel() for p in vla.parameters() if p.dim() < 2)
     spec = vla.action_spec
-    model = {"family": getattr(vla, "family", ""), "preset": getattr(getattr(vla, "cfg", None), "preset", None),
+    model = {"family": getattr(vla, "family", ""), "preset": getattr(vla, "preset", None),
              "head": spec.head, "chunk_size": spec.chunk_size, "action_dim": spec.dim,
              "tokens_per_step": spec.tokens_per_step, "device": device.type,
              "dtype": str(next(vla.parameters()).dtype).replace("torch.", "")}

@@ -55,6 +55,10 @@ class ReferenceArtifactProcessor(ArtifactProcessor):
     def unnormalize(self, chunk: np.ndarray) -> np.ndarray:
         return self.action_norm.unnormalize(chunk)
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return tuple(self.cfg.vision.cameras)
+
     def observation_template(self) -> dict:
         """A valid all-zero observation for this artifact (every camera at its size, the state)."""
         s = self.cfg.vision.image_size
