@@ -55,3 +55,22 @@ def test_profile_measures_the_checkpoint_and_estimates_the_presets(tmp_path):
         assert row["error"] is None and row["p50_ms"] > 0 and row["fits"]
         trace = next(t for t in result["targets"] if t["target"] == preset)["trace"]
         assert trace["calls"]["action_head"] == 10 and trace["calls"]["backbone"] == 1
+
+
+def test_an_artifacts_meta_model_has_the_pruned_shapes(tmp_path):
+    """presets' meta_model_from_artifact rebuilds the exported network from the artifact's own files."""
+    from tests.passes.conftest import context_for
+    from vla_compress.models.pi0.export_pi0 import write_processor_files
+    from vla_compress.models.registry import get_family
+    from vla_compress.passes.prune import LayerDropConfig
+    from vla_compress.passes.tokens import VisualTokenPruneConfig
+
+    vla = Pi0.tiny(seed=0, kind="pi05")
+    apply_passes(vla, [LayerDropConfig(num_layers=1), VisualTokenPruneConfig(keep_ratio=0.5, layer=0)],
+                 context_for(vla))
+    write_processor_files(vla, tmp_path)
+    meta = get_family("pi05").hook("presets", "meta_model_from_artifact")(tmp_path)
+    assert next(meta.parameters()).device.type == "meta" and meta.family == "pi05"
+    assert len(meta.backbone.layers) == len(meta.action_head.expert.layers) == 1
+    assert meta.token_counts().visual == vla.token_counts().visual == 4
+    assert sum(p.numel() for p in meta.parameters()) == sum(p.numel() for p in vla.parameters())

@@ -108,6 +108,19 @@ def install_tome(vla: Any, merge: dict) -> None:
     install_swapped(encoders(vla), merge)
 
 
+def record_visual_budget(vla: Any, budget: int) -> None:
+    """The kept visual-token count as config.json's `vla_compress.visual_token_budget` (so an
+    artifact's meta-device model, presets_pi0.meta_model_from_artifact, has the pruned prefix)."""
+    import dataclasses
+
+    from .configuration_pi0 import SETTINGS_KEY
+
+    raw = dict(vla.cfg.raw)
+    raw[SETTINGS_KEY] = {**(raw.get(SETTINGS_KEY) or {}), "visual_token_budget": int(budget)}
+    cfg = dataclasses.replace(vla.cfg, raw=raw)
+    vla.cfg, vla.processor.cfg, vla.arch = cfg, cfg, dataclasses.replace(vla.arch, policy=cfg)
+
+
 def merge_tokens(vla: Any, config: Any, context: Any) -> Any:
     merge_swapped(encoders(vla), config, context, f"{vla.family}: {REDUCE_REFUSED}")
     return vla
