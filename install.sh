@@ -26,9 +26,10 @@ python3 -m pip install -q --disable-pip-version-check -c constraints.txt torch==
 # VLA_COMPRESS_NO_GGUF=1 skips it (the GGUF tests then skip, saying why).
 LLAMA_CPP_VERSION=0.3.36
 WHEELS="${VLA_COMPRESS_WHEELS:-$HOME/.cache/vla-compress/wheels}"
-EXTRAS="test"
+# OpenVINO (export format / runtime "openvino"): the openvino wheel (~60 MB) and nncf
+EXTRAS="test,openvino"
 if [ "${VLA_COMPRESS_NO_GGUF:-0}" != 1 ]; then
-  EXTRAS="test,gguf"
+  EXTRAS="$EXTRAS,gguf"
   if ! python3 -c "import importlib.metadata as m, sys; sys.exit(m.version('llama-cpp-python') != '$LLAMA_CPP_VERSION')" 2>/dev/null; then
     if ! ls "$WHEELS"/llama_cpp_python-"$LLAMA_CPP_VERSION"-*.whl >/dev/null 2>&1; then
       echo "building llama-cpp-python $LLAMA_CPP_VERSION (once, ~8 min) into $WHEELS"

@@ -30,10 +30,10 @@ def test_every_spelling_normalises_to_the_canonical_name():
     assert B.runtime_name("onnx") == B.runtime_name("onnxruntime") == "onnxruntime"
     assert [B.runtime_name(n) for n in ("torch", "llama.cpp", "tensorrt")] == ["torch", "llama.cpp", "tensorrt"]
     assert B.export_format("onnxruntime") == B.export_format("onnx") == "onnx"
-    assert B.export_format("llama.cpp") == "gguf" and B.export_formats() == ["gguf", "onnx", "tensorrt"]
-    with pytest.raises(ConfigError, match="unknown runtime 'mlc'; known: llama.cpp, onnx, tensorrt, torch"):
+    assert B.export_format("llama.cpp") == "gguf" and B.export_formats() == ["gguf", "onnx", "openvino", "tensorrt"]
+    with pytest.raises(ConfigError, match="unknown runtime 'mlc'; known: llama.cpp, onnx, ov, tensorrt, torch"):
         B.get_backend("mlc")
-    with pytest.raises(ConfigError, match="unknown export format 'torch'; known: gguf, onnx, tensorrt"):
+    with pytest.raises(ConfigError, match="unknown export format 'torch'; known: gguf, onnx, openvino, tensorrt"):
         B.format_backend("torch")  # torch runs checkpoints: no export format
 
 
@@ -45,12 +45,12 @@ def test_each_record_points_at_its_exporter_policy_and_precisions():
         exporter = b.exporter_cls()
         assert exporter.format == b.format and exporter.label
         assert exporter.config_cls.PRECISIONS == tuple(b.precisions)  # the config validates against the record
-        assert set(b.precisions.values()) <= {"fp32", "fp16", "bf16", "int8", "fp8", "int4", "w4a16"}
+        assert set(b.precisions.values()) <= {"fp32", "fp16", "bf16", "int8", "fp8", "int4", "w4a16", "w8a16"}
 
 
 def test_the_registry_imports_no_heavy_package():
     code = ("import sys, vla_compress.backends, vla_compress.export.registry, vla_compress.runtime.registry; "
-            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'llama_cpp') if m in sys.modules))")
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'tensorrt', 'llama_cpp', 'openvino', 'nncf') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -118,4 +118,4 @@ def test_cli_names_the_backends_and_rejects_an_unknown_runtime_in_one_line(tmp_p
     assert res.exit_code == 2 and res.stderr.strip().startswith("error: unknown runtime 'mlc'; known: llama.cpp")
     assert "\n" not in res.stderr.strip()
     help_text = CliRunner().invoke(main, ["export", "--help"]).output
-    assert "gguf, onnx, tensorrt" in help_text and "q4_k_m" in help_text
+    assert "gguf, onnx, openvino, tensorrt" in help_text and "q4_k_m" in help_text

@@ -173,3 +173,8 @@ register_backend(Backend(
     policy="vla_compress.runtime.llamacpp_policy:LlamaCppPolicy.from_spec",
     precisions={"f32": "fp32", "f16": "fp16", "q8_0": "int8", "q4_k_m": "int4", "q4_0": "int4"},
     requires=("llama_cpp",), install="./install.sh builds llama-cpp-python"))
+register_backend(Backend(
+    "openvino", aliases=("ov",), format="openvino", exporter="vla_compress.export.openvino.exporter:OpenVinoExporter",
+    policy="vla_compress.runtime.openvino_policy:OpenVinoPolicy.from_spec",
+    precisions={"fp32": "fp32", "int8": "int8", "int4-weight": "w4a16", "int8-weight": "w8a16"},
+    requires=("openvino", "nncf"), install="pip install 'vla-compress[openvino]'"))
