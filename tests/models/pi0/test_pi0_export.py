@@ -55,7 +55,7 @@ def test_onnx_fp32_export_is_tight(onnx_artifacts, kind, text):
     io = m["io"]["policy_step"]
     assert [i["name"] for i in io["inputs"]] == ["pixel_values", "image_masks", "lang_tokens", "lang_masks", "state",
                                                 "noise"]
-    assert io["inputs"][0]["shape"][:2] == ["batch", "cameras"] and io["inputs"][2]["shape"] == ["batch", text]
+    assert io["inputs"][0]["shape"] == ["batch", 2, 3, 16, 16] and io["inputs"][2]["shape"] == ["batch", text]
     assert io["outputs"][0]["shape"] == ["batch", 5, 4]
     for name in ("config.json", "policy_preprocessor.json", "policy_postprocessor.json", "tokenizer/tokenizer.json",
                  "pi0_runtime.json", "policy_step.onnx"):
@@ -111,3 +111,13 @@ def test_gguf_is_refused_with_the_reason(short_models, tmp_path):
 
     with pytest.raises(ConfigError, match="GGUF export does not support model family 'pi0' .*joint attention"):
         export(short_models["pi0"], GgufExportConfig(), tmp_path / "gguf")
+
+
+def test_tensorrt_artifact_is_tensorrt_ready(short_models, observations, tmp_path):
+    """No TensorRT here: the graph is checked op by op against TensorRT's ONNX support, unvalidated."""
+    from vla_compress.export.tensorrt import TensorRTExportConfig
+
+    art = export(short_models["pi05"], TensorRTExportConfig(), tmp_path / "fp16", example=observations[:2])
+    validate(art, short_models["pi05"], observations[:2])
+    ready = art.manifest["readiness"]["policy_step"]
+    assert ready["ok"] and not ready["problems"] and art.manifest["status"] == "unvalidated"

@@ -33,9 +33,9 @@ import torch
 from ...errors import CheckpointError, ConfigError
 from ...fileio import load_safetensors, read_json, save_safetensors, write_json
 from ..base import ActionSpec, TokenCounts, VLAAdapter
-from ..reference.adapter import load_strict
+from ..common import load_strict
 from ..sidecars import restore_modules, restore_state, save_sidecars
-from ..smolvla.checkpoint_smolvla import processor_file_names, write_files
+from ..lerobot_layout import processor_file_names, write_files
 from .configuration_pi0 import Pi0Arch, Pi0Config
 from .modeling_pi0 import Pi0Module, checkpoint_view
 from .processor_pi0 import TOKENIZER_SUBDIR, PaliGemmaTokenizer, Pi0Processor, read_pipelines, resolve_tokenizer_dir

@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..smolvla.checkpoint_smolvla import write_files
-from ..smolvla.fixtures import _stats_bytes
+from ..lerobot_layout import stats_bytes as _stats_bytes
+from ..lerobot_layout import write_files
 
 SPECIAL = ["<pad>", "<eos>", "<bos>", "<unk>"]
 TINY_ARCH = {"vision": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2, "patch_size": 8},

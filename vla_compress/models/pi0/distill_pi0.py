@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..smolvla.distill_smolvla import dataset_cameras, draw_batch_noise
+from ..lerobot_layout import dataset_cameras, draw_batch_noise
 
 __all__ = ["dataset_cameras", "draw_batch_noise", "load_data", "objective_terms", "velocity"]
 

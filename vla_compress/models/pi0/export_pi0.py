@@ -57,7 +57,7 @@ class Pi0ArtifactProcessor(ArtifactProcessor):
 def write_processor_files(vla: Any, root: Path) -> list[str]:
     """config.json, the pipeline files and statistics, and tokenizer/: what read_processor_files needs."""
     from ...fileio import write_json as write
-    from ..smolvla.checkpoint_smolvla import write_files
+    from ..lerobot_layout import write_files
     from .processor_pi0 import TOKENIZER_SUBDIR
 
     names = write_files(vla.side_files(), root)
@@ -114,8 +114,10 @@ def _example_with_noise(vla: Any, example: dict) -> dict:
 def _input_shapes(vla: Any) -> dict:
     from torch.export import Dim
 
-    batch, cams = Dim("batch", min=1, max=4096), Dim("cameras", min=1, max=64)
-    shapes = {"pixel_values": {0: batch, 1: cams}, "image_masks": {0: batch, 1: cams}, "state": {0: batch},
+    # the camera count is static: the processor always feeds every configured camera (a missing one as a
+    # masked -1 image), so the graph has one fewer dynamic axis (TensorRT profiles need a range per axis)
+    batch = Dim("batch", min=1, max=4096)
+    shapes = {"pixel_values": {0: batch}, "image_masks": {0: batch}, "state": {0: batch},
               "noise": {0: batch}, "lang_tokens": {0: batch}, "lang_masks": {0: batch}}
     if vla.processor.tokenizer.padding != "max_length":
         text = Dim("text", min=1, max=4096)

@@ -20,9 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...fileio import save_safetensors, write_json
-from ..openvla.fixtures import _Random
-from ..smolvla.checkpoint_smolvla import write_files
-from ..smolvla.fixtures import tiny_stats
+from ..common import Random as _Random
+from ..lerobot_layout import tiny_stats, write_files
 from .checkpoint_pi0 import processor_files, stored_dtype, tiny_policy_config, write_tiny_tokenizer
 
 # ------------------------------------------------------------------------------------------ weights

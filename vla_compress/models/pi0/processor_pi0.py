@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CheckpointError, ObservationError
-from ..smolvla.processor_smolvla import FeatureNormalizer, _normalizer
+from ..lerobot_layout import FeatureNormalizer
+from ..lerobot_layout import normalizer_from_step as _normalizer
 from .configuration_pi0 import DEFAULT_TOKENIZER, Pi0Config
 
 PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor.json", "policy_postprocessor.json"
