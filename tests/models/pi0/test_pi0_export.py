@@ -121,3 +121,11 @@ def test_tensorrt_artifact_is_tensorrt_ready(short_models, observations, tmp_pat
     validate(art, short_models["pi05"], observations[:2])
     ready = art.manifest["readiness"]["policy_step"]
     assert ready["ok"] and not ready["problems"] and art.manifest["status"] == "unvalidated"
+
+
+def test_int8_dynamic_onnx_export_is_validated(short_models, onnx_artifacts, observations, tmp_path):
+    art = export(short_models["pi0"], OnnxExportConfig(precision="int8-dynamic"), tmp_path / "int8",
+                 base=onnx_artifacts["pi0"])
+    report = validate(art, short_models["pi0"], observations)
+    assert art.manifest["graphs"]["policy_step"]["ops"].get("MatMulInteger", 0) > 10
+    assert art.manifest["status"] == ("ok" if report.passed else "failed") and report.cosine > 0.95
