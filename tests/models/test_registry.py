@@ -20,7 +20,7 @@ REQUIRED = {"prune": ("stacks", "sync"), "tokens": ("merge_tokens", "tome_state"
 
 
 def test_every_family_folder_is_registered():
-    assert list(families()) == ["reference", "openvla", "openvla-oft", "smolvla"]
+    assert list(families()) == ["reference", "openvla", "openvla-oft", "smolvla", "pi0", "pi05"]
     assert all(isinstance(s, FamilySpec) for s in families().values())
 
 

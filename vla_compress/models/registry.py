@@ -18,6 +18,7 @@ FAMILY_FOLDERS = (
     "reference",
     "openvla",
     "smolvla",
+    "pi0",
 )
 
 _SPECS: dict[str, FamilySpec] = {}
