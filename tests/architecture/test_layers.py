@@ -94,3 +94,17 @@ def test_generic_code_names_no_family():
                   and node.args[1].value in ("cfg", "arch")):
                 bad.append(f"{where} reads a family config ({ast.unparse(node)})")
     assert not bad, "\n".join(bad)
+
+
+def test_a_family_folder_imports_no_other_family():
+    """Families share code through models/ modules that are no family (common.py, lerobot_layout.py,
+    contracts.py, ...), never through each other's folders: a family is one folder."""
+    folders = {p.name for p in (PACKAGE / "models").iterdir() if (p / "spec.py").is_file()}
+    bad = []
+    for mod, deps in graph().items():
+        parts = mod.split(".")
+        if len(parts) > 3 and parts[1] == "models" and parts[2] in folders:
+            bad += [f"{mod} imports {d}" for d in sorted(deps)
+                    if len(d.split(".")) > 2 and d.split(".")[1] == "models" and d.split(".")[2] in folders
+                    and d.split(".")[2] != parts[2]]
+    assert not bad, "\n".join(bad)

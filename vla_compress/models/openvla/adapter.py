@@ -34,7 +34,7 @@ from ...errors import CheckpointError, ConfigError
 from ...fileio import read_json, write_json
 from ..sidecars import restore_modules, restore_state, save_sidecars
 from ..base import ActionSpec, TokenCounts, VLAAdapter
-from ..reference.adapter import load_strict
+from ..common import load_strict
 from . import checkpoint_openvla as ckpt
 from .configuration_openvla import OpenVLAConfig, openvla_7b_config_dict, preprocessor_config_dict
 from .modeling_openvla import L1RegressionActionHead, OpenVLAModule, ProprioProjector

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ...fileio import save_safetensors, write_json, write_text
+from ..common import Random as _Random
 from .configuration_openvla import PROMPT_TEMPLATE, OpenVLAConfig, preprocessor_config_dict
 
 TINY_VOCAB = 512  # base tokenizer vocab (a multiple of 64, like Llama-2's 32000); <PAD> is id 512
@@ -95,26 +96,6 @@ def tiny_config_dict(norm_stats: dict, vision_backbone_id: str = "dinosiglip-vit
         "vla_compress": {"vision_backbone_overrides": list(TINY_VITS if fused else TINY_VITS[1:]), **(settings or {})},
     }
     return cfg
-
-
-class _Random:
-    """Seeded tensors: norm weights near 1, biases small, matrices ~ 1/sqrt(fan_in)."""
-
-    def __init__(self, seed: int):
-        self.g = torch.Generator().manual_seed(seed)
-
-    def __call__(self, *shape: int, kind: str = "w") -> torch.Tensor:
-        x = torch.randn(*shape, generator=self.g)
-        if kind == "norm":
-            return 1.0 + 0.1 * x
-        if kind == "scale":  # LayerScale: far from its 1e-5 init so the test sees it
-            return 0.5 + 0.2 * x
-        if kind in ("b", "tok"):
-            return 0.02 * x if kind == "b" else 0.5 * x
-        fan_in = 1
-        for s in shape[1:]:
-            fan_in *= s
-        return x / fan_in**0.5
 
 
 def _linear(t: dict, r: _Random, name: str, out_dim: int, in_dim: int, bias: bool = True) -> None:

@@ -21,6 +21,7 @@ import torch
 
 from ...errors import CheckpointError, ConfigError
 from ...fileio import load_safetensors, read_json, save_safetensors, write_json
+from ..common import load_strict  # noqa: F401  (re-exported: older imports name it here)
 from ..sidecars import restore_modules, restore_state, save_sidecars
 from ..base import ActionSpec, Normalizer, TokenCounts, VLAAdapter
 from ..tokenizer import InstructionTokenizer
@@ -196,23 +197,6 @@ def default_tokenizer() -> InstructionTokenizer:
     return _DEFAULT_TOKENIZER
 
 
-def load_strict(model: torch.nn.Module, state: dict, source: Path) -> None:
-    """load_state_dict that names every missing, unexpected or misshapen tensor and the file."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own.keys() & state.keys() if tuple(own[k].shape) != tuple(state[k].shape)]
-    problems = []
-    if missing:
-        problems.append(f"missing tensors {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    if unexpected:
-        problems.append(f"unexpected tensors {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-    if shapes:
-        problems.append("wrong shapes " + "; ".join(shapes[:5]))
-    if problems:
-        raise CheckpointError(source, "does not match config.json: " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
 
 
 def load_reference(path: str | Path, **kwargs: Any) -> ReferenceVLA:

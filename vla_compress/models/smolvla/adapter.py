@@ -24,7 +24,7 @@ from ...errors import CheckpointError, ConfigError, ObservationError
 from ...fileio import read_json, save_safetensors, write_json
 from ..sidecars import restore_modules, restore_state, save_sidecars
 from ..base import ActionSpec, TokenCounts, VLAAdapter
-from ..reference.adapter import load_strict
+from ..common import load_strict
 from . import checkpoint_smolvla as ckpt
 from .configuration_smolvla import (SmolVLAArch, SmolVLAConfig, VLMConfig, smolvla_base_config_dict,
                                     smolvlm2_500m_config_dict)

@@ -23,7 +23,8 @@ import os
 from pathlib import Path
 
 from ...errors import CheckpointError
-from ...fileio import atomic_path, read_json
+from ...fileio import read_json
+from ..lerobot_layout import processor_file_names, write_files  # noqa: F401  (shared with π0)
 
 WEIGHTS = "model.safetensors"
 VLM_SUBDIR = "vlm"
@@ -102,30 +103,9 @@ def read_weights(path: Path) -> tuple[dict, Path]:
     return load_safetensors(file), file
 
 
-def processor_file_names(path: Path) -> list[str]:
-    """The pipeline JSONs and the statistics files they name."""
-    names = []
-    for pipeline in ("policy_preprocessor.json", "policy_postprocessor.json"):
-        if not (path / pipeline).is_file():
-            continue
-        names.append(pipeline)
-        d = read_json(path / pipeline)
-        for step in d.get("steps", []) if isinstance(d, dict) else []:
-            if isinstance(step, dict) and isinstance(step.get("state_file"), str):
-                names.append(Path(step["state_file"]).name)
-    return names
-
-
 def read_side_files(path: Path) -> dict[str, bytes]:
     """Processor files and the small side files, as bytes (written back unchanged by a save)."""
     names = processor_file_names(path) + [n for n in SIDE_FILES if (path / n).is_file()]
     return {n: (path / n).read_bytes() for n in names if (path / n).is_file()}
 
 
-def write_files(files: dict[str, bytes], root: Path) -> list[str]:
-    """Write name -> bytes under `root` atomically (names may hold one sub-directory, e.g. vlm/)."""
-    for name, data in files.items():
-        (root / name).parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(root / name) as tmp:
-            tmp.write_bytes(data)
-    return sorted(files)

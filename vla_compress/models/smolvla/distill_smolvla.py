@@ -9,24 +9,9 @@ through the processor; the MEAN_STD action space is unbounded, so targets are no
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from ...errors import DatasetError
-
-
-def draw_batch_noise(vla: Any, batch: dict, rng: np.random.RandomState) -> dict:
-    """Add the training draws to a batch: "noise" (B, K, max_action_dim) ~ N(0, 1) and "time"
-    t ~ Beta(1.5, 1) * 0.999 + 0.001 (LeRobot's sample_time)."""
-    import torch
-
-    b = batch["actions"].shape[0]
-    shape = vla.noise_shape(b)
-    batch["noise"] = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
-    batch["time"] = torch.from_numpy((rng.beta(1.5, 1.0, size=b) * 0.999 + 0.001).astype(np.float32))
-    return batch
+from ..lerobot_layout import dataset_cameras, draw_batch_noise  # noqa: F401  (the spec's hooks)
 
 
 def velocity(model: Any, inputs: dict, x_t: Any, t: Any) -> Any:
@@ -51,17 +36,6 @@ def objective_terms(objective: Any, batch: dict) -> tuple[Any, Any]:
         v = velocity(objective.s, batch["inputs"], x_t, t)[..., :dim].float()
     label = F.mse_loss(v, (noise - a)[..., :dim]) if objective.config.label_weight > 0 else None
     return F.mse_loss(v, target.float()), label
-
-
-def dataset_cameras(vla: Any, available: list[str], root: Path) -> list[str]:
-    """The model's cameras the dataset has, in config order (at least one: the processor fills
-    missing ones with empty cameras)."""
-    wanted = list(vla.processor.camera_names)
-    cams = [c for c in wanted if c in available]
-    if not cams:
-        raise DatasetError(root, f"no dataset camera among those the model reads ({wanted}); "
-                                 f"dataset cameras: {available}")
-    return cams
 
 
 def load_data(vla: Any, dataset: Any, config: Any, loaders: Any) -> Any:

@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 from ...fileio import save_safetensors, write_json
-from ..openvla.fixtures import _Random
-from .checkpoint_smolvla import write_files
+from ..common import Random as _Random
+from ..lerobot_layout import EMPTY_CAMERA, tiny_stats, write_files  # noqa: F401  (re-exported)
+from ..lerobot_layout import stats_bytes as _stats_bytes
 
 TINY_VISION = {"model_type": "smolvlm_vision", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                "num_attention_heads": 2, "patch_size": 8, "image_size": 32, "layer_norm_eps": 1e-6,
@@ -52,7 +53,6 @@ TINY_POLICY = {
 }
 # LeRobot's SmolVLAConfig defaults where TINY_POLICY differs (its tokenizer step pads to the longest task)
 LEROBOT_DEFAULTS = {"pad_language_to": "longest", "prefix_length": -1, "num_expert_layers": -1}
-EMPTY_CAMERA = "observation.images.empty_camera_"  # + i: LeRobot's placeholder features for empty_cameras
 _CORPUS = ["pick up the object and place it at the goal", "reach to the target location", "open the drawer",
            "put the red cube in the box", "push the button", "close the door", "stack the blocks",
            "Pick up the cube and put it in the bowl.\n"]
@@ -106,13 +106,6 @@ def write_tiny_vlm(path: str | Path, vision: dict | None = None, text: dict | No
 
 
 # --------------------------------------------------------------------------------- processor files
-def _stats_bytes(stats: dict) -> bytes:
-    from safetensors.torch import save
-
-    return save({f"{k}.{s}": torch.as_tensor(v, dtype=torch.float32).contiguous()
-                 for k, d in stats.items() for s, v in d.items()})
-
-
 def processor_files(policy: dict, stats: dict, normalize_observation_keys: list[str] | None = None) -> dict[str, bytes]:
     """policy_preprocessor.json / policy_postprocessor.json as LeRobot writes them for SmolVLA, and
     the statistics files (only when there are statistics, as LeRobot does). The normalizer step's
@@ -147,29 +140,6 @@ def processor_files(policy: dict, stats: dict, normalize_observation_keys: list[
     files["policy_preprocessor.json"] = json.dumps(pre, indent=4).encode()
     files["policy_postprocessor.json"] = json.dumps(post, indent=4).encode()
     return files
-
-
-def tiny_stats(policy: dict, seed: int) -> dict:
-    """Dataset statistics for the tiny features (mean/std/min/max/q01/q99/q10/q90; images per
-    channel, (3, 1, 1) as LeRobot's compute_stats writes them, of [0, 1] pixels). A dataset has
-    none for LeRobot's empty-camera placeholders."""
-    g = torch.Generator().manual_seed(seed + 17)
-    pixels = torch.Generator().manual_seed(seed + 29)  # its own stream: the state/action draws stay put
-    out = {}
-    for key, f in {**policy["input_features"], **policy["output_features"]}.items():
-        if key.startswith(EMPTY_CAMERA):
-            continue
-        if f["type"] == "VISUAL":  # pixel statistics: mean in [0.3, 0.7], std in [0.1, 0.3]
-            torch.randn(3, 1, 1, generator=g), torch.rand(3, 1, 1, generator=g)  # the earlier draws: same action stats
-            mean = 0.3 + 0.4 * torch.rand(3, 1, 1, generator=pixels)
-            std = 0.1 + 0.2 * torch.rand(3, 1, 1, generator=pixels)
-        else:
-            mean = 0.5 * torch.randn(tuple(f["shape"]), generator=g)
-            std = 0.2 + torch.rand(tuple(f["shape"]), generator=g)
-        out[key] = {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std,
-                    "q01": mean - 1.8 * std, "q99": mean + 1.8 * std, "q10": mean - 1.2 * std,
-                    "q90": mean + 1.3 * std, "count": torch.tensor([100.0])}
-    return out
 
 
 # ------------------------------------------------------------------------------------------ weights

@@ -29,7 +29,7 @@ features that no observation carries). State: normalised, zero-padded to max_sta
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import CheckpointError, ObservationError
+from ..lerobot_layout import FeatureNormalizer  # noqa: F401  (re-exported)
+from ..lerobot_layout import normalizer_from_step as _normalizer
 from .configuration_smolvla import SmolVLAConfig
 
 PREPROCESSOR = "policy_preprocessor.json"
 POSTPROCESSOR = "policy_postprocessor.json"
 NO_OP_STEPS = ("to_batch_processor", "device_processor", "smolvla_new_line_processor")
-_STAT_KEYS = {"MEAN_STD": ("mean", "std"), "MIN_MAX": ("min", "max"), "QUANTILES": ("q01", "q99"),
-              "QUANTILE10": ("q10", "q90")}
-
-
 # --------------------------------------------------------------------------------------- tokenizer
 class LanguageTokenizer:
     """The VLM's tokenizer.json with LeRobot's tokenizer-step settings applied."""
@@ -109,97 +107,6 @@ def with_newline(task: str) -> str:
 
 
 # ------------------------------------------------------------------------------------- normaliser
-@dataclass
-class FeatureNormalizer:
-    """One LeRobot (un)normalizer step: `features` key -> type, `norm_map` type -> mode, `stats` key ->
-    {stat: tensor}, `eps`."""
-
-    features: dict[str, str]
-    norm_map: dict[str, str]
-    stats: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    eps: float = 1e-8
-    source: Path | None = None
-    observation_keys: frozenset[str] | None = None  # normalize_observation_keys; None: every feature
-
-    def kind(self, key: str) -> str:
-        """The feature type; LeRobot (un)normalises "action" as ACTION whether or not it is listed."""
-        return self.features.get(key) or ("ACTION" if key == "action" else "")
-
-    def _skipped(self, key: str) -> bool:
-        """An observation feature left out by normalize_observation_keys (actions never are)."""
-        return self.observation_keys is not None and self.kind(key) != "ACTION" and key not in self.observation_keys
-
-    def mode(self, key: str) -> str:
-        mode = self.norm_map.get(self.kind(key), "IDENTITY")
-        return mode if mode != "IDENTITY" and key in self.stats and not self._skipped(key) else "IDENTITY"
-
-    def describe(self) -> dict[str, str]:
-        """Feature -> the mode applied ("IDENTITY (no statistics)" when the file has none for it)."""
-        out = {}
-        for key, kind in self.features.items():
-            wanted = self.norm_map.get(kind, "IDENTITY")
-            if wanted != "IDENTITY" and self._skipped(key):
-                out[key] = "IDENTITY (not in normalize_observation_keys)"
-            else:
-                out[key] = wanted if wanted == "IDENTITY" or key in self.stats else f"IDENTITY (no {wanted} statistics)"
-        return out
-
-    def _pair(self, key: str, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        names = _STAT_KEYS[mode]
-        missing = [n for n in names if n not in self.stats[key]]
-        if missing:
-            raise CheckpointError(self.source or Path("."), f"{mode} normalisation of {key!r} needs statistics "
-                                                            f"{missing}; the file has {sorted(self.stats[key])}")
-        return self.stats[key][names[0]], self.stats[key][names[1]]
-
-    def __call__(self, key: str, x: torch.Tensor, inverse: bool = False) -> torch.Tensor:
-        mode = self.mode(key)
-        if mode == "IDENTITY":
-            return x
-        a, b = (s.to(x.dtype) for s in self._pair(key, mode))
-        try:
-            fits = torch.broadcast_shapes(a.shape, b.shape, x.shape) == x.shape
-        except RuntimeError:
-            fits = False
-        if not fits:
-            raise CheckpointError(self.source or Path("."), f"{mode} statistics of {key!r} have shape {tuple(a.shape)}, "
-                                                            f"which does not fit its values' shape {tuple(x.shape)}")
-        if mode == "MEAN_STD":
-            return x * b + a if inverse else (x - a) / (b + self.eps)
-        span = b - a
-        span = torch.where(span == 0, torch.tensor(self.eps, dtype=x.dtype), span)
-        if mode == "MIN_MAX":
-            return (x + 1) / 2 * span + a if inverse else 2 * (x - a) / span - 1
-        return (x + 1.0) * span / 2.0 + a if inverse else 2.0 * (x - a) / span - 1.0
-
-
-def _normalizer(step: dict, root: Path, pipeline_file: Path) -> FeatureNormalizer:
-    from ...fileio import load_safetensors
-
-    cfg = step.get("config") or {}
-    feats = cfg.get("features") or {}
-    if not isinstance(feats, dict) or not all(isinstance(f, dict) and "type" in f for f in feats.values()):
-        raise CheckpointError(pipeline_file, f"{step.get('registry_name')}: config.features must map key -> {{type, shape}}")
-    keys = cfg.get("normalize_observation_keys")
-    if keys is not None and (not isinstance(keys, list) or not all(isinstance(k, str) for k in keys)):
-        raise CheckpointError(pipeline_file, f"{step.get('registry_name')}: config.normalize_observation_keys must "
-                                             f"be a list of feature names, got {keys!r}")
-    stats: dict[str, dict[str, torch.Tensor]] = {}
-    if step.get("state_file"):
-        name = step["state_file"]
-        if Path(name).name != name:
-            raise CheckpointError(pipeline_file, f"state_file {name!r} must be a plain file name")
-        for flat, t in load_safetensors(root / name).items():
-            key, _, stat = flat.rpartition(".")
-            t = t.to(torch.float32)
-            if feats.get(key, {}).get("type") == "VISUAL" and t.ndim == 1:
-                t = t.reshape(-1, 1, 1)  # per-channel image statistics (LeRobot's _reshape_visual_stats)
-            stats.setdefault(key, {})[stat] = t
-    return FeatureNormalizer({k: f["type"] for k, f in feats.items()}, dict(cfg.get("norm_map") or {}), stats,
-                             float(cfg.get("eps", 1e-8)), root / step["state_file"] if step.get("state_file") else None,
-                             None if keys is None else frozenset(keys))
-
-
 @dataclass
 class ProcessorSettings:
     """What the two pipeline files configure."""
