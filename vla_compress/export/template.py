@@ -58,6 +58,8 @@ def run_export(exporter: "Exporter", vla: Any, config: ExportConfig, out_dir: Pa
             exporter.write(job, stage, Path(tmp))
             if "processor_files" not in job.manifest:  # a format may save them earlier itself
                 job.manifest["processor_files"] = family.save_processor(vla, stage)
+            if family.describe is not None:  # the pre/post-processing as data, for integrators
+                job.manifest["processor"] = family.describe(vla)
             job.manifest["files"] = hash_files(stage)
             Artifact(stage, job.manifest).save()  # manifest last: a directory with artifact.json is complete
     except (ExportError, ConfigError, OutputError):  # OutputError: a full disk or read-only folder stops the command

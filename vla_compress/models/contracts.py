@@ -65,6 +65,24 @@ class ExportFamily:
     example_observations: Callable[[Any, int], list[dict]]
     onnx_graphs: Callable[[Any, dict], list[GraphSpec]] | None = None  # (vla, preprocessed example batch)
     gguf: GgufFamily | None = None
+    # the artifact's pre/post-processing as data (artifact.json `processor`, PROCESSOR_VERSION): enough
+    # for an integrator to feed the graphs with nothing but numpy, a tokenizer and an ONNX runtime
+    describe: Callable[[Any], dict] | None = None
+
+
+PROCESSOR_VERSION = 1
+
+
+def bounds_normalization(low: Any, high: Any, mask: Any, floor_in: float = 0.0, add_in: float = 0.0,
+                         add_out: float = 0.0) -> dict:
+    """A bounds normaliser as data: normalise y = clip(2 (x - low) / max(high - low + add_in, floor_in) - 1,
+    -1, 1) where mask (else x); un-normalise x = 0.5 (y + 1) (high - low + add_out) + low where mask."""
+    return {"kind": "bounds", "low": [float(v) for v in np.asarray(low).ravel()],
+            "high": [float(v) for v in np.asarray(high).ravel()],
+            "mask": [bool(v) for v in np.asarray(mask).ravel()], "floor_in": float(floor_in),
+            "add_in": float(add_in), "add_out": float(add_out),
+            "normalize": "clip(2 (x - low) / max(high - low + add_in, floor_in) - 1, -1, 1) where mask, else x",
+            "unnormalize": "0.5 (y + 1) (high - low + add_out) + low where mask, else y"}
 
 
 def weight_bytes(module: Any) -> int:

@@ -26,13 +26,19 @@ from ..errors import ConfigError
 from .policy import Policy, artifact_options, open_artifact
 
 
-def session_options(threads: int = 1):
+# the ONNX Runtime session this policy runs (recorded in every ONNX artifact's manifest as `session`)
+SESSION = {"intra_op_num_threads": 1, "inter_op_num_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+           "graph_optimization_level": "ORT_ENABLE_ALL", "providers": ["CPUExecutionProvider"]}
+
+
+def session_options(threads: int = SESSION["intra_op_num_threads"]):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = SESSION["inter_op_num_threads"]
+    so.execution_mode = getattr(ort.ExecutionMode, SESSION["execution_mode"])
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, SESSION["graph_optimization_level"])
     so.log_severity_level = 3
     return so
 

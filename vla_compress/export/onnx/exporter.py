@@ -46,6 +46,9 @@ class OnnxExporter(Exporter):
         if job.config.precision == "int8-static" and not job.inputs.calibration:
             raise ConfigError("int8-static export needs calibration observations (pass calibration=[observation, ...])")
         job.manifest["opset"] = job.config.opset
+        from ...runtime.onnxruntime_policy import SESSION
+
+        job.manifest["session"] = dict(SESSION)  # how the project's runtime runs the graphs
 
     def write(self, job: ExportJob, stage: Path, tmp: Path) -> None:
         vla, config, inputs, manifest = job.vla, job.config, job.inputs, job.manifest

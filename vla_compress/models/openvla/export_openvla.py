@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import CheckpointError, ConfigError
-from ..contracts import KV, ArtifactProcessor, ExportFamily, GgufFamily, GraphSpec, flat_cache, randomized_examples, weight_bytes
+from ..contracts import (KV, PROCESSOR_VERSION, ArtifactProcessor, ExportFamily, GgufFamily, GraphSpec,
+                         bounds_normalization, flat_cache, randomized_examples, weight_bytes)
 from ...fileio import read_json, write_json, write_text
 
 RUNTIME_FILE = "openvla_runtime.json"
@@ -154,10 +155,54 @@ def openvla_tokens_to_actions(tokens: np.ndarray, meta: dict) -> np.ndarray:
     return centers[idx].reshape(tokens.shape[0], meta["chunk_size"], meta["action_dim"])
 
 
+def describe_processor(vla: Any) -> dict:
+    """OpenVLA's processor (processor_openvla.py: PrismaticImageProcessor, the prompt, the statistics)
+    as data (models/contracts.py PROCESSOR_VERSION)."""
+    from .configuration_openvla import PROMPT_TEMPLATE
+
+    it, st = vla.image_transform, vla.stats
+    s = vla.cfg.settings
+    n = vla.vision_backbone.num_images
+    resize = {"resize-naive": "resize to height x width", "resize-crop": "shorter side to min(height, width), "
+              "then centre crop", "letterbox": "pad to a square with letterbox_fill (centred), then resize"}[it.strategy]
+    branches = [{"height": h, "width": w, "resize": f"{resize}, PIL {interp}", "interpolation": interp,
+                 "strategy": it.strategy, "letterbox_fill": list(it.fill) if it.fill is not None else None,
+                 "scale": 1 / 255, "offset": 0.0, "mean": [float(v) for v in m.ravel()],
+                 "std": [float(v) for v in d.ravel()]}
+                for (h, w), interp, m, d in zip(it.sizes, it.interp, it.mean, it.std)]
+    lo, hi, mask = st._bounds("action")
+    out = {
+        "version": PROCESSOR_VERSION,
+        "images": {"input": "pixel_values", "cameras": list(s.cameras) if s.cameras else None, "count": n,
+                   "frame": "H x W x 3 uint8, RGB (no flip or rotation); with cameras null, the observation's "
+                            "first `count` images in insertion order",
+                   "center_crop": ({"area": 0.9, "method": "tf.image.crop_and_resize (bilinear) of the centre 90% "
+                                    "area back to the frame size, on the frame as float in [0, 1], back to uint8 as "
+                                    "x * 255.5 truncated"} if s.center_crop else None),
+                   "branches": branches,
+                   "layout": "NCHW float32; per camera the branches' normalised images stacked on the channel "
+                             "axis, then the cameras: (B, cameras * 3 * branches, H, W)"},
+        "prompt": {"template": PROMPT_TEMPLATE, "instruction": "lower-cased", "tokenizer": "tokenizer.json",
+                   "add_special_tokens": False, "append": [int(vla.tokenizer.empty_id)], "append_if_missing": True,
+                   "bos": {"input": "bos_ids", "id": int(vla.tokenizer.bos_id)}, "padding": "left", "pad_id": 0,
+                   "ids": "text_ids", "mask": "text_mask", "dtype": "int64; mask 1 on tokens, 0 on padding"},
+        "state": None,
+        "actions": {"dim": int(vla.action_spec.dim), "chunk_size": int(vla.action_spec.chunk_size),
+                    "execute": int(vla.action_spec.chunk_size),
+                    "normalization": bounds_normalization(lo, hi, mask, add_out=st.eps)},
+        "noise": None,
+    }
+    if vla.uses_state:
+        plo, phi, pmask = st._bounds("proprio")
+        out["state"] = {"input": "state", "dim": int(plo.shape[0]),
+                        "normalization": bounds_normalization(plo, phi, pmask, add_in=1e-8)}
+    return out
+
+
 def export_family() -> ExportFamily:
     return ExportFamily(_save_processor, OpenVLAArtifactProcessor, _torch_outputs, _head_meta, _examples,
                         onnx_graphs=_openvla_graphs,
-                        gguf=GgufFamily(_gguf_side_graphs, _gguf_backbone, _gguf_vocab))
+                        gguf=GgufFamily(_gguf_side_graphs, _gguf_backbone, _gguf_vocab), describe=describe_processor)
 
 
 # --- ONNX graphs ----------------------------------------------------------------------------------------

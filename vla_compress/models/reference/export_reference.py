@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ...errors import ConfigError
-from ..contracts import KV, ArtifactProcessor, ExportFamily, GgufFamily, GraphSpec, flat_cache, weight_bytes
+from ..contracts import (KV, PROCESSOR_VERSION, ArtifactProcessor, ExportFamily, GgufFamily, GraphSpec,
+                         bounds_normalization, flat_cache, weight_bytes)
 
 
 # --- processor, torch reference, head meta ---------------------------------------------------------
@@ -267,7 +268,36 @@ def reference_vocab(vla: Any) -> tuple[Any, int, int, int | None]:
     return t.tok, t.bos_id, t.eos_id, t.pad_id
 
 
+def describe_processor(vla: Any) -> dict:
+    """The reference processor (processor_reference.py) as data (models/contracts.py PROCESSOR_VERSION)."""
+    c = vla.cfg
+    s = c.vision.image_size
+
+    def norm(n: Any) -> dict:
+        return bounds_normalization(n.low, n.high, n.mask, floor_in=1e-8)
+
+    return {
+        "version": PROCESSOR_VERSION,
+        "images": {"input": "pixel_values", "cameras": list(c.vision.cameras), "count": len(c.vision.cameras),
+                   "frame": "H x W x 3 uint8, RGB, as rendered (no flip or rotation)", "center_crop": None,
+                   "branches": [{"height": s, "width": s, "resize": "bilinear, antialiased, only when the frame is "
+                                                                 "not height x width (torch F.interpolate)",
+                                 "letterbox_fill": None, "scale": 1 / 127.5, "offset": -1.0,
+                                 "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}],
+                   "layout": "NCHW float32; cameras in order stacked on the channel axis: (B, 3 * cameras, H, W)"},
+        "prompt": {"template": c.prompt_template, "instruction": "lower-cased, stripped", "tokenizer": "tokenizer.json",
+                   "add_special_tokens": False, "append": [], "bos": None, "padding": "left",
+                   "pad_id": int(vla.tokenizer.pad_id), "ids": "text_ids", "mask": "text_mask",
+                   "dtype": "int64; mask 1 on tokens, 0 on padding"},
+        "state": {"input": "state", "dim": int(c.proprio_dim), "normalization": norm(vla.state_norm)},
+        "actions": {"dim": int(c.action_dim), "chunk_size": int(c.chunk_size), "execute": int(c.chunk_size),
+                    "normalization": norm(vla.action_norm)},
+        "noise": None,
+    }
+
+
 def export_family() -> ExportFamily:
     return ExportFamily(_reference_save_processor, ReferenceArtifactProcessor, _reference_torch_outputs,
                         _reference_head_meta, _reference_examples, onnx_graphs=reference_graphs,
-                        gguf=GgufFamily(reference_side_graphs, reference_backbone, reference_vocab))
+                        gguf=GgufFamily(reference_side_graphs, reference_backbone, reference_vocab),
+                        describe=describe_processor)

@@ -1,0 +1,164 @@
+"""Run a vla-compress ONNX artifact with nothing but numpy, onnxruntime and `tokenizers`.
+
+This file does not import vla_compress: it is the integration example for a robot stack that
+only ships the artifact folder. Everything it does is read from the artifact's `artifact.json`:
+
+    processor   how an observation becomes the graphs' inputs (cameras, image size and scaling,
+                the prompt template and tokenizer file, state normalisation) and how the graphs'
+                normalised actions become robot units (the statistics, the chunk, how many to run)
+    model       how to drive the graphs: `head` "regression" (one `policy_step` graph) or
+                "tokens" (`prefill` then greedy `decode` steps over a KV cache)
+    session     the ONNX Runtime session options the project runs the graphs with
+
+    python examples/run_artifact.py ARTIFACT_DIR        # one step on a blank observation
+
+Images must come at the size the processor states (frames of another size need the resize it
+names; the reference family's is torch's antialiased bilinear, OpenVLA's is PIL's).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+class ArtifactRunner:
+    """observation {"images": {camera: HxWx3 uint8}, "instruction": str, "state": float32[P]} ->
+    the actions to execute (robot units)."""
+
+    def __init__(self, root: str | Path, threads: int = 1):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.root = Path(root)
+        self.manifest = json.loads((self.root / "artifact.json").read_text())
+        if self.manifest.get("format") != "onnx" or self.manifest.get("status") != "ok":
+            raise ValueError(f"{root}: not a validated ONNX artifact")
+        self.proc, self.model = self.manifest["processor"], self.manifest["model"]
+        if self.proc.get("version") != 1:
+            raise ValueError(f"{root}: processor description version {self.proc.get('version')} is not 1")
+        sess = self.manifest.get("session", {})
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = sess.get("inter_op_num_threads", 1)
+        so.execution_mode = getattr(ort.ExecutionMode, sess.get("execution_mode", "ORT_SEQUENTIAL"))
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                              sess.get("graph_optimization_level", "ORT_ENABLE_ALL"))
+        providers = sess.get("providers", ["CPUExecutionProvider"])
+        self.sessions = {name: ort.InferenceSession(str(self.root / g["file"]), so, providers=providers)
+                         for name, g in self.manifest["graphs"].items()}
+        self.tokenizer = Tokenizer.from_file(str(self.root / self.proc["prompt"]["tokenizer"]))
+
+    # --- observation -> graph inputs -----------------------------------------------------------
+    def pixels(self, images: dict) -> np.ndarray:
+        d = self.proc["images"]
+        names = d["cameras"] or list(images)[: d["count"]]
+        planes = []
+        for name in names:
+            frame = np.asarray(images[name], dtype=np.uint8)
+            if d["center_crop"]:
+                raise NotImplementedError("this example does not implement the centre crop; see its description")
+            for b in d["branches"]:
+                if frame.shape[:2] != (b["height"], b["width"]):
+                    raise ValueError(f"camera {name!r}: frame {frame.shape[:2]}, the artifact wants "
+                                     f"{(b['height'], b['width'])} ({b['resize']})")
+                x = frame.transpose(2, 0, 1).astype(np.float32) * np.float32(b["scale"]) + np.float32(b["offset"])
+                mean = np.asarray(b["mean"], np.float32)[:, None, None]
+                std = np.asarray(b["std"], np.float32)[:, None, None]
+                planes.append((x - mean) / std)
+        return np.concatenate(planes, axis=0)[None]
+
+    def text(self, instruction: str) -> dict:
+        p = self.proc["prompt"]
+        text = instruction.lower()
+        if "stripped" in p["instruction"]:
+            text = text.strip()
+        ids = self.tokenizer.encode(p["template"].format(instruction=text), add_special_tokens=p["add_special_tokens"]).ids
+        for extra in p["append"]:
+            if not (p.get("append_if_missing") and ids and ids[-1] == extra):
+                ids = ids + [extra]
+        feeds = {p["ids"]: np.asarray([ids], np.int64), p["mask"]: np.ones((1, len(ids)), np.int64)}
+        if p["bos"]:
+            feeds[p["bos"]["input"]] = np.full((1, 1), p["bos"]["id"], np.int64)
+        return feeds
+
+    @staticmethod
+    def normalize(x: np.ndarray, n: dict) -> np.ndarray:
+        lo, hi, mask = (np.asarray(n[k], np.float64) for k in ("low", "high", "mask"))
+        span = np.maximum(hi - lo + n["add_in"], n["floor_in"])
+        y = np.clip(2.0 * (x - lo) / span - 1.0, -1.0, 1.0)
+        return np.where(mask.astype(bool), y, x).astype(np.float32)
+
+    @staticmethod
+    def unnormalize(y: np.ndarray, n: dict) -> np.ndarray:
+        lo, hi, mask = (np.asarray(n[k], np.float64) for k in ("low", "high", "mask"))
+        x = 0.5 * (y.astype(np.float64) + 1.0) * (hi - lo + n["add_out"]) + lo
+        return np.where(mask.astype(bool), x, y).astype(np.float32)
+
+    def feeds(self, observation: dict) -> dict:
+        out = {self.proc["images"]["input"]: self.pixels(observation["images"]),
+               **self.text(str(observation.get("instruction", "")))}
+        st = self.proc["state"]
+        if st:
+            state = np.asarray(observation["state"], np.float64).reshape(-1)
+            out[st["input"]] = self.normalize(state, st["normalization"])[None]
+        return out
+
+    # --- the graphs -------------------------------------------------------------------------------
+    @staticmethod
+    def _run(session, feeds: dict, outputs: list[str]) -> list[np.ndarray]:
+        return session.run(outputs, {i.name: feeds[i.name] for i in session.get_inputs()})
+
+    def normalised_chunk(self, feeds: dict) -> np.ndarray:
+        m = self.model
+        if m["head"] == "regression":
+            return self._run(self.sessions["policy_step"], feeds, ["actions"])[0][0]
+        if m["head"] != "tokens":
+            raise NotImplementedError(f"head {m['head']!r}")
+        prefill, decode = self.sessions["prefill"], self.sessions["decode"]
+        present = [f"present.{i}.{kv}" for i in range(m["num_layers"]) for kv in ("key", "value")]
+        logits, mask, *kv = self._run(prefill, feeds, ["bin_logits", "attention_mask", *present])
+        mask = mask.astype(np.int64)
+        pos = mask.sum(-1, keepdims=True) - 1
+        ids = []
+        for i in range(m["action_tokens"]):
+            ids.append(int(logits.argmax(-1)[0]))
+            if i == m["action_tokens"] - 1:
+                break
+            mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)
+            pos = pos + 1
+            step = {"token_ids": np.asarray([[ids[-1] + m["action_token_start"]]], np.int64),
+                    "attention_mask": mask, "position_ids": pos}
+            step.update({f"past_key_values.{j // 2}.{('key', 'value')[j % 2]}": t for j, t in enumerate(kv)})
+            logits, *kv = decode.run(["bin_logits", *present], step)
+        ids = np.asarray(ids)
+        if m.get("token_map"):  # OpenVLA: vocabulary ids; bin = clip(vocab_end - id - 1) -> centre of linspace
+            n = int(m["n_action_bins"])
+            edges = np.linspace(-1.0, 1.0, n, dtype=np.float64)
+            centres = ((edges[:-1] + edges[1:]) / 2.0).astype(np.float32)
+            values = centres[np.clip(int(m["action_vocab_end"]) - ids - 1, 0, n - 2)]
+        else:  # bin index -> bin centre in [-1, 1]
+            values = -1.0 + (ids.astype(np.float32) + 0.5) * np.float32(2.0 / m["n_bins"])
+        return values.reshape(m["chunk_size"], m["action_dim"]).astype(np.float32)
+
+    def act(self, observation: dict) -> np.ndarray:
+        a = self.proc["actions"]
+        chunk = self.unnormalize(self.normalised_chunk(self.feeds(observation)), a["normalization"])
+        return chunk[: a["execute"]]
+
+    def blank_observation(self) -> dict:
+        d, b = self.proc["images"], self.proc["images"]["branches"][0]
+        names = d["cameras"] or [f"camera_{i}" for i in range(d["count"])]
+        obs = {"images": {c: np.zeros((b["height"], b["width"], 3), np.uint8) for c in names},
+               "instruction": "pick up the object"}
+        if self.proc["state"]:
+            obs["state"] = np.zeros(self.proc["state"]["dim"], np.float32)
+        return obs
+
+
+if __name__ == "__main__":
+    runner = ArtifactRunner(sys.argv[1])
+    print(runner.act(runner.blank_observation()))

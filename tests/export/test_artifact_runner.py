@@ -1,0 +1,79 @@
+"""An exported artifact runs without vla_compress: examples/run_artifact.py (numpy, onnxruntime and
+`tokenizers` only) reads artifact.json's processor description and reproduces the project's runtime
+actions for every family with an ONNX export."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vla_compress.export import export, validate
+from vla_compress.export.onnx import OnnxExportConfig
+from vla_compress.runtime.onnxruntime_policy import OnnxRuntimePolicy
+
+RUNNER = Path(__file__).resolve().parents[2] / "examples" / "run_artifact.py"
+SCRIPT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+from run_artifact import ArtifactRunner
+obs = json.loads(open(sys.argv[3]).read())
+out = []
+runner = ArtifactRunner(sys.argv[2])
+for o in obs:
+    o["images"] = {c: np.asarray(v, np.uint8) for c, v in o["images"].items()}
+    out.append(runner.act(o).tolist())
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("vla_compress", "torch", "PIL"))
+print(json.dumps({"actions": out, "leaked": leaked}))
+"""
+
+
+def at_model_size(vla, n: int, seed: int = 0) -> list[dict]:
+    """Observations at the model's own image size (the runner does not resize), random pixels and
+    state, instructions of different lengths."""
+    rng = np.random.default_rng(seed)
+    texts = ["Open the drawer ", "pick up the black bowl and put it on the plate", "push the button"]
+    out = []
+    for i in range(n):
+        obs = vla.dummy_observation(texts[i % len(texts)])
+        obs["images"] = {c: rng.integers(0, 256, im.shape, dtype=np.uint8) for c, im in obs["images"].items()}
+        if "state" in obs:
+            obs["state"] = rng.uniform(-1.2, 1.2, obs["state"].shape).astype(np.float32)
+        out.append(obs)
+    return out
+
+
+def models() -> dict:
+    from vla_compress.models.openvla import OpenVLA, OpenVLAOFT
+    from vla_compress.models.reference import ReferenceVLA
+
+    return {"reference-regression": ReferenceVLA.tiny(head="regression"),
+            "reference-tokens": ReferenceVLA.tiny(head="tokens"),
+            "openvla": OpenVLA.tiny(), "openvla-oft": OpenVLAOFT.tiny(seed=1)}
+
+
+@pytest.mark.parametrize("name", ["reference-regression", "reference-tokens", "openvla", "openvla-oft"])
+def test_the_standalone_runner_reproduces_the_runtime(name, tmp_path):
+    vla = models()[name]
+    obs = at_model_size(vla, 3)
+    art = export(vla, OnnxExportConfig(), tmp_path / "art", example=at_model_size(vla, 2, seed=5))
+    assert validate(art, vla, obs).passed
+    manifest = json.loads((art.path / "artifact.json").read_text())
+    assert manifest["processor"]["version"] == 1 and manifest["session"]["intra_op_num_threads"] == 1
+    policy = OnnxRuntimePolicy(art.path)
+    want = [policy.infer(o)[: manifest["processor"]["actions"]["execute"]] for o in obs]
+    (tmp_path / "obs.json").write_text(json.dumps([{**o, "images": {c: v.tolist() for c, v in o["images"].items()},
+                                                    **({"state": o["state"].tolist()} if "state" in o else {})}
+                                                   for o in obs]))
+    res = subprocess.run([sys.executable, "-c", SCRIPT, str(RUNNER.parent), str(art.path), str(tmp_path / "obs.json")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["leaked"] == []  # neither vla_compress nor torch (nor PIL) was imported
+    for g, w in zip(got["actions"], want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-5)
