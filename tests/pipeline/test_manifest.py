@@ -1,5 +1,6 @@
 """The run manifest's schema (vla_compress/manifest.py): typed Variant records, a version, and the
-manifests written before them (reports/sample/manifest.json is one) still loading and rendering."""
+manifests written before them (tests/pipeline/data/manifest_v1.json: the sample run committed before
+the change) still loading and rendering."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ import pytest
 from vla_compress.errors import ConfigError
 from vla_compress.manifest import MANIFEST_VERSION, Variant, check_version, dump_variants, load_variants
 
-SAMPLE = Path(__file__).resolve().parents[2] / "reports" / "sample"
+SAMPLE = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture
 def old_manifest() -> dict:
-    m = json.loads((SAMPLE / "manifest.json").read_text())
+    m = json.loads((SAMPLE / "manifest_v1.json").read_text())
     assert m["manifest_version"] == 1  # written before Variant records existed
     return m
 
@@ -47,7 +48,7 @@ def test_an_old_run_folder_renders_its_report(tmp_path):
 
     run = tmp_path / "old-run"
     run.mkdir()
-    shutil.copy(SAMPLE / "manifest.json", run / "manifest.json")
+    shutil.copy(SAMPLE / "manifest_v1.json", run / "manifest.json")
     html = write_report(run).read_text()
     assert "onnx-int8-dynamic" in html and "Deployable" in html
     for section in ("summary", "variants", "estimates", "gates", "stages"):
