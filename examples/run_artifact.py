@@ -7,7 +7,8 @@ only ships the artifact folder. Everything it does is read from the artifact's `
                 the prompt template and tokenizer file, state normalisation) and how the graphs'
                 normalised actions become robot units (the statistics, the chunk, how many to run)
     model       how to drive the graphs: `head` "regression" (one `policy_step` graph) or
-                "tokens" (`prefill` then greedy `decode` steps over a KV cache)
+                "tokens" (`prefill` then greedy `decode` steps over a KV cache); a flow head
+                (SmolVLA) is one `policy_step` graph that also takes the step's noise
     session     the ONNX Runtime session options the project runs the graphs with
 
     python examples/run_artifact.py ARTIFACT_DIR        # one step on a blank observation
@@ -98,13 +99,86 @@ class ArtifactRunner:
         x = 0.5 * (y.astype(np.float64) + 1.0) * (hi - lo + n["add_out"]) + lo
         return np.where(mask.astype(bool), x, y).astype(np.float32)
 
-    def feeds(self, observation: dict) -> dict:
+    # --- LeRobot-layout families (SmolVLA): per-camera normalisation, padding, masks, noise ---------
+    @staticmethod
+    def lerobot(x: np.ndarray, n: dict, inverse: bool = False) -> np.ndarray:
+        if n["kind"] == "identity":
+            return x
+        a, b = np.asarray(n["a"], np.float32), np.asarray(n["b"], np.float32)
+        if n["kind"] == "mean_std":
+            return x * b + a if inverse else (x - a) / (b + np.float32(n["eps"]))
+        span = np.where(b - a == 0, np.float32(n["eps"]), b - a)
+        return (x + 1) / 2 * span + a if inverse else 2 * (x - a) / span - 1
+
+    @staticmethod
+    def bilinear(x: np.ndarray, h: int, w: int) -> np.ndarray:
+        """(C, H, W) -> (C, h, w), bilinear with half-pixel centres (align_corners=False, no antialias)."""
+        def axis(n_in: int, n_out: int):
+            src = np.maximum((np.arange(n_out, dtype=np.float32) + 0.5) * np.float32(n_in / n_out) - 0.5, 0)
+            i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+            return i0, np.minimum(i0 + 1, n_in - 1), (src - i0).astype(np.float32)
+
+        y0, y1, fy = axis(x.shape[1], h)
+        x0, x1, fx = axis(x.shape[2], w)
+        top = x[:, y0][:, :, x0] * (1 - fx) + x[:, y0][:, :, x1] * fx
+        bottom = x[:, y1][:, :, x0] * (1 - fx) + x[:, y1][:, :, x1] * fx
+        return (top * (1 - fy)[:, None] + bottom * fy[:, None]).astype(np.float32)
+
+    def lerobot_pixels(self, images: dict) -> tuple[np.ndarray, np.ndarray]:
+        d = self.proc["images"]
+        size = d["branches"][0]["height"]
+        planes = []
+        for cam in d["per_camera"]:
+            if cam["name"] not in images:
+                continue
+            x = np.asarray(images[cam["name"]]).astype(np.float32).transpose(2, 0, 1) / np.float32(255)
+            x = self.lerobot(x, cam["normalization"])
+            h, w = x.shape[1:]
+            if (h, w) != (size, size):  # fit by one ratio, zero padding on the left and top
+                ratio = max(w / size, h / size)
+                x = self.bilinear(x, int(h / ratio), int(w / ratio))
+                x = np.pad(x, ((0, 0), (size - x.shape[1], 0), (size - x.shape[2], 0)))
+            planes.append(x * 2 - 1)
+        present = len(planes)
+        planes += [np.full_like(planes[0], -1.0)] * min(d["declared_cameras"] - present, d["empty_cameras"])
+        masks = np.asarray([[i < present for i in range(len(planes))]])
+        return np.stack(planes)[None].astype(np.float32), masks
+
+    def lerobot_text(self, instruction: str) -> dict:
+        p = self.proc["prompt"]
+        text = instruction if instruction.endswith("\n") else instruction + "\n"
+        ids = self.tokenizer.encode(text, add_special_tokens=p["add_special_tokens"]).ids
+        if p["truncate_to"]:
+            ids = ids[: p["truncate_to"]]
+        n = max(len(ids), p["pad_to"] or 0)
+        pad = [p["pad_id"]] * (n - len(ids))
+        mask = [True] * len(ids) + [False] * len(pad)
+        ids, mask = (ids + pad, mask) if p["padding"] == "right" else (pad + ids, mask[::-1])
+        return {p["ids"]: np.asarray([ids], np.int64), p["mask"]: np.asarray([mask])}
+
+    def feeds(self, observation: dict, noise: np.ndarray | None = None) -> dict:
+        if "per_camera" in self.proc["images"]:
+            return self.lerobot_feeds(observation, noise)
         out = {self.proc["images"]["input"]: self.pixels(observation["images"]),
                **self.text(str(observation.get("instruction", "")))}
         st = self.proc["state"]
         if st:
             state = np.asarray(observation["state"], np.float64).reshape(-1)
             out[st["input"]] = self.normalize(state, st["normalization"])[None]
+        return out
+
+    def lerobot_feeds(self, observation: dict, noise: np.ndarray | None) -> dict:
+        d, st, nz = self.proc["images"], self.proc["state"], self.proc["noise"]
+        pixels, masks = self.lerobot_pixels(observation["images"])
+        out = {d["input"]: pixels, d["masks"]: masks, **self.lerobot_text(str(observation.get("instruction", "")))}
+        state = np.zeros(st["pad_to"], np.float32)
+        if st["dim"]:
+            x = np.asarray(observation["state"], np.float32).reshape(-1)
+            state[: st["dim"]] = self.lerobot(x, st["normalization"])
+        out[st["input"]] = state[None]
+        if noise is None:  # any standard-normal draw; pass one to reproduce a given run
+            noise = np.random.default_rng().standard_normal(nz["shape"]).astype(np.float32)
+        out[nz["input"]] = np.asarray(noise, np.float32).reshape(1, *nz["shape"])
         return out
 
     # --- the graphs -------------------------------------------------------------------------------
@@ -144,14 +218,21 @@ class ArtifactRunner:
             values = -1.0 + (ids.astype(np.float32) + 0.5) * np.float32(2.0 / m["n_bins"])
         return values.reshape(m["chunk_size"], m["action_dim"]).astype(np.float32)
 
-    def act(self, observation: dict) -> np.ndarray:
+    def act(self, observation: dict, noise: np.ndarray | None = None) -> np.ndarray:
+        """The actions to execute; `noise` (flow heads): the standard-normal draw of this step."""
         a = self.proc["actions"]
-        chunk = self.unnormalize(self.normalised_chunk(self.feeds(observation)), a["normalization"])
+        chunk = self.normalised_chunk(self.feeds(observation, noise))
+        n = a["normalization"]
+        chunk = self.lerobot(chunk, n, inverse=True) if n["kind"] in ("identity", "mean_std", "range") \
+            else self.unnormalize(chunk, n)
         return chunk[: a["execute"]]
 
     def blank_observation(self) -> dict:
         d, b = self.proc["images"], self.proc["images"]["branches"][0]
         names = d["cameras"] or [f"camera_{i}" for i in range(d["count"])]
+        if "per_camera" in d:
+            return {"images": {c["name"]: np.zeros((c["height"], c["width"], 3), np.uint8) for c in d["per_camera"]},
+                    "instruction": "pick up the object", "state": np.zeros(self.proc["state"]["dim"], np.float32)}
         obs = {"images": {c: np.zeros((b["height"], b["width"], 3), np.uint8) for c in names},
                "instruction": "pick up the object"}
         if self.proc["state"]:

@@ -77,3 +77,41 @@ def test_the_standalone_runner_reproduces_the_runtime(name, tmp_path):
     assert got["leaked"] == []  # neither vla_compress nor torch (nor PIL) was imported
     for g, w in zip(got["actions"], want):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["lerobot-defaults", "min-max-missing-camera"])
+def test_the_standalone_runner_reproduces_smolvla(case, tmp_path):
+    """SmolVLA with LeRobot's defaults (longest padding, MEAN_STD images, an empty camera), and
+    MIN_MAX everywhere with a camera missing at run time: the runner, given the step's noise,
+    reproduces the project's runtime."""
+    from vla_compress.models.smolvla import SmolVLA
+    from vla_compress.models.smolvla.fixtures import LEROBOT_DEFAULTS, write_tiny_smolvla
+
+    if case == "lerobot-defaults":
+        ckpt = write_tiny_smolvla(tmp_path / "ckpt", normalization="MEAN_STD", empty_cameras=1, **LEROBOT_DEFAULTS)
+    else:
+        ckpt = write_tiny_smolvla(tmp_path / "ckpt", normalization="MIN_MAX")
+    vla = SmolVLA.from_pretrained(ckpt)
+    obs = at_model_size(vla, 3)
+    if case != "lerobot-defaults":
+        for o in obs[1:]:
+            o["images"] = dict(list(o["images"].items())[:1])  # the second camera missing
+    art = export(vla, OnnxExportConfig(), tmp_path / "art", example=at_model_size(vla, 2, seed=5))
+    assert validate(art, vla, obs[:1]).passed
+    policy = OnnxRuntimePolicy(art.path)
+    noises, want = [], []
+    for o in obs:
+        feeds = policy.processor([o])
+        noises.append(feeds["noise"][0].tolist())
+        want.append(policy.processor.unnormalize(policy.graphs.predict(feeds)["actions"][0]))
+    payload = [{**o, "images": {c: v.tolist() for c, v in o["images"].items()}, "noise": n,
+                **({"state": o["state"].tolist()} if "state" in o else {})} for o, n in zip(obs, noises)]
+    (tmp_path / "obs.json").write_text(json.dumps(payload))
+    script = SCRIPT.replace("out.append(runner.act(o).tolist())", "out.append(runner.act(o, o.pop('noise')).tolist())")
+    res = subprocess.run([sys.executable, "-c", script, str(RUNNER.parent), str(art.path), str(tmp_path / "obs.json")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    got = json.loads(res.stdout.strip().splitlines()[-1])
+    assert got["leaked"] == []
+    for g, w in zip(got["actions"], want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-4)

@@ -116,3 +116,18 @@ def randomized_examples(vla: Any, n: int, texts: list[str], state: Callable[[Any
             obs["state"] = (state(rng) if state else rng.uniform(-1, 1, obs["state"].shape)).astype(np.float32)
         out.append(obs)
     return out
+
+
+def lerobot_normalization(normalizer: Any, key: str) -> dict:
+    """One feature of a LeRobot (un)normalizer step as data (models/lerobot_layout.FeatureNormalizer):
+    MEAN_STD normalise (x - mean) / (std + eps), un-normalise x * std + mean; MIN_MAX / QUANTILES /
+    QUANTILE10 over [a, b] = (min, max) / (q01, q99) / (q10, q90), a zero span becoming eps:
+    normalise 2 (x - a) / span - 1, un-normalise (y + 1) / 2 span + a; IDENTITY: unchanged."""
+    mode = normalizer.mode(key)
+    if mode == "IDENTITY":
+        return {"kind": "identity"}
+    a, b = normalizer._pair(key, mode)
+    return {"kind": "mean_std" if mode == "MEAN_STD" else "range", "mode": mode, "a": np.asarray(a).tolist(),
+            "b": np.asarray(b).tolist(), "eps": float(normalizer.eps),
+            "normalize": "(x - a) / (b + eps)" if mode == "MEAN_STD" else "2 (x - a) / span - 1, span = b - a (eps where 0)",
+            "unnormalize": "x * b + a" if mode == "MEAN_STD" else "(y + 1) / 2 span + a"}

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..contracts import ArtifactProcessor, ExportFamily, GraphSpec, randomized_examples, weight_bytes
+from ..contracts import (PROCESSOR_VERSION, ArtifactProcessor, ExportFamily, GraphSpec, lerobot_normalization,
+                         randomized_examples, weight_bytes)
 from ...fileio import read_json, write_json
 
 RUNTIME_FILE = "smolvla_runtime.json"
@@ -81,9 +82,56 @@ def _examples(vla: Any, n: int = 2) -> list[dict]:
     return randomized_examples(vla, n, ["pick up the object and place it at the goal", "open the door"])
 
 
+def describe_processor(vla: Any) -> dict:
+    """SmolVLA's processor (processor_smolvla.py: LeRobot's pipeline steps, the model's prepare_images)
+    as data (models/contracts.py PROCESSOR_VERSION)."""
+    from ..lerobot_layout import EMPTY_CAMERA
+
+    c, p = vla.cfg, vla.processor
+    st = p.settings
+    size = c.image_size()
+    cams = [{"name": f.camera, "key": f.key, "height": int(f.shape[1]), "width": int(f.shape[2]),
+             "normalization": lerobot_normalization(st.normalizer, f.key)}
+            for f in c.image_features if not f.key.startswith(EMPTY_CAMERA)]
+    t = st.tokenizer
+    out = {
+        "version": PROCESSOR_VERSION,
+        "images": {"input": "pixel_values", "masks": "image_masks", "cameras": [x["name"] for x in cams],
+                   "count": len(cams), "empty_cameras": int(c.empty_cameras),
+                   "declared_cameras": len(c.image_features),
+                   "frame": "H x W x 3 uint8 RGB (no flip or rotation) -> float (3, H, W) / 255", "center_crop": None,
+                   "per_camera": cams,
+                   "branches": [{"height": size, "width": size, "scale": 1 / 255, "offset": 0.0}],
+                   "steps": ["x / 255", "the camera's normalization (per channel, at the frame's own size)",
+                             "bilinear resize (align_corners=False, no antialiasing) keeping the aspect ratio to "
+                             "fit height x width, zero padding on the left and top (skipped when already that size)",
+                             "x * 2 - 1"],
+                   "layout": "float32 (B, N, 3, H, W): the cameras present in config order, then up to empty_cameras "
+                             "all -1 images for missing ones; image_masks bool (B, N), false for those"},
+        "prompt": {"template": "{instruction}", "instruction": "a trailing newline added unless present",
+                   "tokenizer": "vlm/tokenizer.json", "add_special_tokens": True, "append": [], "bos": None,
+                   "padding": t["padding_side"], "pad_to": int(t["max_length"]) if t["padding"] == "max_length" else None,
+                   "truncate_to": int(t["max_length"]) if t["truncation"] else None, "pad_id": int(p.tokenizer.pad_id),
+                   "ids": "lang_tokens", "mask": "lang_masks", "dtype": "ids int64, mask bool"},
+        "state": None,
+        "actions": {"dim": int(c.action_dim), "chunk_size": int(c.chunk_size), "execute": int(c.n_action_steps),
+                    "normalization": lerobot_normalization(st.unnormalizer, c.action_feature.key)},
+        "noise": {"input": "noise", "shape": [int(c.chunk_size), int(c.max_action_dim)], "dtype": "float32",
+                  "distribution": "standard normal, one draw per policy step (the project's runtime draws it from "
+                                  "torch.Generator seeded with smolvla_runtime.json noise_seed)"},
+    }
+    if c.state_feature is not None:
+        out["state"] = {"input": "state", "dim": int(c.state_feature.shape[0]), "pad_to": int(c.max_state_dim),
+                        "normalization": lerobot_normalization(st.normalizer, c.state_feature.key)}
+    else:
+        out["state"] = {"input": "state", "dim": 0, "pad_to": int(c.max_state_dim), "normalization": {"kind": "identity"},
+                        "note": "the model reads no state: feed zeros"}
+    return out
+
+
 def export_family() -> ExportFamily:
     return ExportFamily(_save_processor, SmolVLAArtifactProcessor, _torch_outputs, _head_meta, _examples,
-                        onnx_graphs=smolvla_graphs)
+                        onnx_graphs=smolvla_graphs, describe=describe_processor)
 
 
 def smolvla_graphs(vla: Any, example: dict) -> list[GraphSpec]:
