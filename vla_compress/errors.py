@@ -68,6 +68,11 @@ class OutputError(VLACompressError, OSError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ExecutorError(VLACompressError):
+    """Episodes could not be run: an executor's workers kept being lost (a dead Ray actor or node),
+    which is not a failure of the policy."""
+
+
 class SimulationError(VLACompressError):
     """The simulator could not be created or rendered (missing GL backend, unknown task)."""
 

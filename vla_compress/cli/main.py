@@ -95,14 +95,24 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
 @click.option("--execute-steps", type=int, default=None,
               help="Actions executed from each predicted chunk before the policy runs again (default: the whole chunk).")
 @click.option("--max-steps", type=int, default=None, help="Episode step limit (default: the suite's, 300 for MetaWorld).")
-@click.option("--out", type=click.Path(path_type=Path), help="Write the full result (per task, per episode) as JSON.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Write the full result (per task, per episode) as JSON. Episodes are also appended to "
+                   "OUT's .episodes.jsonl as they finish, so an interrupted run resumes from them.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Who runs the episodes: local worker processes (default) or Ray actors (pip install "
+                   "'vla-compress[ray]'); --workers is the number of either.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join this Ray cluster (e.g. 10.0.0.5:6379, or auto) instead of starting a local one; "
+                   "implies --executor ray.")
 def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: int, first_episode: int, runtime: str,
-             execute_steps: int | None, max_steps: int | None, out: Path | None) -> None:
+             execute_steps: int | None, max_steps: int | None, out: Path | None, executor: str | None,
+             ray_address: str | None) -> None:
     """Closed-loop success of CHECKPOINT in simulation, per task with Wilson 95% intervals."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from ..backends import runtime_name
     from ..errors import ConfigError
+    from ..evaluate.executor import EpisodeJournal, get_executor
     from ..evaluate.rollout import PolicySpec, evaluate
     from ..fileio import write_json
     from ..models import detect_family
@@ -116,25 +126,37 @@ def eval_cmd(checkpoint: Path, suite: str, tasks: str, episodes: int, workers: i
     runtime = runtime_name(runtime)  # an unknown runtime fails here, before any worker starts
     if runtime == "torch":
         detect_family(checkpoint)  # fail fast with a clear message before starting workers
+    pool = get_executor(executor or ("ray" if ray_address else "local"), workers, ray_address)  # no ray: exit 2
     spec = PolicySpec(runtime, str(checkpoint), {"execute_steps": execute_steps} if execute_steps else {})
     suite_kwargs = {"max_steps": max_steps} if max_steps else {}
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] or None
     console = _console()
+    journal = EpisodeJournal.beside(out, spec, suite, task_list, suite_kwargs) if out else None
+    completed = journal.load() if journal else []
+    if completed:
+        console.print(f"resuming: {len(completed)} episode(s) already recorded in {journal.path}")
     succ = [0]
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("success {task.fields[rate]}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=console) as progress:
         bar = progress.add_task(f"eval {checkpoint.name}", total=None, rate="-")
 
         def on_episode(r, done, total):
+            if journal:
+                journal.append(r)
             succ[0] += r.success
             progress.update(bar, completed=done, total=total, rate=f"{succ[0] / done:.0%}")
 
-        result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode,
-                          first_episode=first_episode, **suite_kwargs)
+        succ[0] = sum(r.success for r in completed)
+        try:
+            result = evaluate(spec, suite, task_list, episodes, workers, on_episode=on_episode,
+                              first_episode=first_episode, executor=pool, completed=completed, **suite_kwargs)
+        finally:
+            pool.close()
     result["checkpoint"] = str(checkpoint)
     print_eval_table(console, result)
     if out:
         write_json(out, result)
+        journal.remove()  # the result holds every episode now; a later run with this --out starts afresh
         console.print(f"wrote {out}")
 
 

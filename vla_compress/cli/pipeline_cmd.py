@@ -7,6 +7,7 @@ episodes), 2 an error (bad input, a stage that raised).
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
 import time
@@ -91,8 +92,17 @@ def _run(checkpoint: Path, profile: str, out: Path, overrides: tuple[str, ...], 
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe value, e.g. --set evaluation.episodes=20 --set passes.0.group_size=32.")
 @click.option("--allow-pickle", is_flag=True, help="Allow unpickling .pt/.bin files you trust.")
-def compress(checkpoint: Path, profile: str, out: Path, overrides: tuple[str, ...], allow_pickle: bool) -> None:
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="Who runs the evaluation episodes (overrides the recipe's evaluation.executor): local worker "
+                   "processes or Ray actors (pip install 'vla-compress[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Join this Ray cluster instead of starting a local one; implies --executor ray.")
+def compress(checkpoint: Path, profile: str, out: Path, overrides: tuple[str, ...], allow_pickle: bool,
+             executor: str | None, ray_address: str | None) -> None:
     """Run a recipe on CHECKPOINT: baseline eval, passes, exports, eval of every variant, profile, gate, report."""
+    if executor or ray_address:  # a recipe override, validated (and recorded in the manifest) like any other
+        kind = executor or "ray"
+        overrides += (f"evaluation.executor={{kind: {kind}, address: {json.dumps(ray_address)}}}",)
     _run(checkpoint, profile, out, overrides, allow_pickle)
 
 

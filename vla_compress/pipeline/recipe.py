@@ -25,7 +25,7 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -39,7 +39,8 @@ TOP_KEYS = {"name", "description", "target", "passes", "exports", "deploy", "cal
 SECTION_KEYS = {
     "target": {"hardware", "runtime", "precision", "power_mode"},
     "calibration": {"episodes_per_task", "samples", "validation_samples", "seed", "dataset"},
-    "evaluation": {"suite", "tasks", "episodes", "workers", "threads_per_worker", "max_steps", "sequential"},
+    "evaluation": {"suite", "tasks", "episodes", "workers", "threads_per_worker", "max_steps", "sequential",
+                   "executor"},
     "budgets": {"max_success_drop", "confidence", "max_latency_ms", "min_control_hz"},
     "profiling": {"steps", "warmup", "threads"},
 }
@@ -50,7 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "deploy": None,
     "calibration": {"episodes_per_task": 1, "samples": 32, "validation_samples": 8, "seed": 0, "dataset": None},
     "evaluation": {"suite": "metaworld-mt10", "tasks": None, "episodes": 10, "workers": 2,
-                   "threads_per_worker": None, "max_steps": None, "sequential": None},
+                   "threads_per_worker": None, "max_steps": None, "sequential": None, "executor": None},
     "budgets": {"max_success_drop": 0.10, "confidence": 0.95, "max_latency_ms": None, "min_control_hz": None},
     "profiling": {"steps": 20, "warmup": 3, "threads": None},
 }
@@ -195,6 +196,26 @@ def apply_override(raw: dict, override: str, source: str = "--set") -> None:
             cur = cur[part]
 
 
+def _check_executor(ev: dict, fail: Callable) -> None:
+    """evaluation.executor, normalised to {kind, address}; ray must be installed to be named."""
+    from ..evaluate.executor import EXECUTORS, RAY_INSTALL, ray_available
+
+    ex = ev["executor"]
+    if not isinstance(ex, dict) or not set(ex) <= {"kind", "address"} or "kind" not in ex:
+        fail(("evaluation", "executor"), f"must be {{kind: local|ray, address: ADDR}} (address: ray only, "
+                                         f"optional), got {ex!r}")
+    if ex["kind"] not in EXECUTORS:
+        fail(("evaluation", "executor", "kind"), f"must be one of {', '.join(EXECUTORS)}, got {ex['kind']!r}")
+    addr = ex.get("address")
+    if addr is not None and (not isinstance(addr, str) or not addr.strip()):
+        fail(("evaluation", "executor", "address"), f"must be a Ray address (host:port, or auto), got {addr!r}")
+    if addr is not None and ex["kind"] != "ray":
+        fail(("evaluation", "executor", "address"), "is for kind: ray (the local executor joins no cluster)")
+    if ex["kind"] == "ray" and not ray_available():
+        fail(("evaluation", "executor", "kind"), f"ray is not installed: {RAY_INSTALL}")
+    ev["executor"] = {"kind": ex["kind"], "address": addr}
+
+
 def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = None) -> Recipe:
     from ..export.registry import config_from_dict as export_config
     from ..hardware import load_hardware
@@ -279,6 +300,8 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
         if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r <= ev["episodes"]:
             fail(("evaluation", "sequential", "episodes_per_round"), f"must be an integer in [1, evaluation.episodes"
                                                                      f" = {ev['episodes']}] (the cap), got {r!r}")
+    if ev["executor"] is not None:  # who runs the episodes: {kind: local|ray, address: ADDR (ray only)}
+        _check_executor(ev, fail)
     if ev["max_steps"] is not None and (not isinstance(ev["max_steps"], int) or ev["max_steps"] < 1):
         fail(("evaluation", "max_steps"), f"must be a positive integer or null (the suite's default), got "
                                           f"{ev['max_steps']!r}")

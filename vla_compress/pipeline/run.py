@@ -150,7 +150,18 @@ class Pipeline:
         extra = {"max_steps": ev["max_steps"]} if ev["max_steps"] else {}
         return evaluate(spec, ev["suite"], ev["tasks"], episodes or ev["episodes"], ev["workers"],
                         threads_per_worker=ev["threads_per_worker"], on_episode=on_episode, first_episode=first,
-                        **extra)
+                        executor=self._executor(), **extra)
+
+    def _executor(self):
+        """evaluation.executor, made once per run: a Ray cluster started for the run serves every
+        variant's evaluation (Ray shuts it down when the process exits)."""
+        if getattr(self, "_episode_executor", None) is None:
+            from ..evaluate.executor import get_executor
+
+            ex = self.recipe.evaluation.get("executor") or {}
+            self._episode_executor = get_executor(ex.get("kind", "local"), self.recipe.evaluation["workers"],
+                                                  ex.get("address"))
+        return self._episode_executor
 
     def _stage_eval(self, variant: str, runtime: str, path: Path, upstream: str,
                     round_: tuple[int, int] | None = None) -> dict:
