@@ -49,8 +49,11 @@ class _EpisodeActor:
         except VLACompressError as e:  # (class, message): these take their own arguments, so do not unpickle
             return (type(e).__module__, type(e).__qualname__, str(e))
 
-    def pid(self) -> int:
-        return os.getpid()
+    def where(self) -> dict:
+        """This actor's process and Ray node (for benchmarks and debugging placement)."""
+        import ray
+
+        return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id()}
 
 
 def _lost_worker_errors(ray) -> tuple[type, ...]:
