@@ -8,7 +8,7 @@ only ships the artifact folder. Everything it does is read from the artifact's `
                 normalised actions become robot units (the statistics, the chunk, how many to run)
     model       how to drive the graphs: `head` "regression" (one `policy_step` graph) or
                 "tokens" (`prefill` then greedy `decode` steps over a KV cache); a flow head
-                (SmolVLA) is one `policy_step` graph that also takes the step's noise
+                (SmolVLA, π0, π0.5) is one `policy_step` graph that also takes the step's noise
     session     the ONNX Runtime session options the project runs the graphs with
 
     python examples/run_artifact.py ARTIFACT_DIR        # one step on a blank observation
@@ -134,20 +134,36 @@ class ArtifactRunner:
             x = np.asarray(images[cam["name"]]).astype(np.float32).transpose(2, 0, 1) / np.float32(255)
             x = self.lerobot(x, cam["normalization"])
             h, w = x.shape[1:]
-            if (h, w) != (size, size):  # fit by one ratio, zero padding on the left and top
+            if (h, w) != (size, size):  # fit by one ratio, then zero padding (left and top, or centred)
                 ratio = max(w / size, h / size)
                 x = self.bilinear(x, int(h / ratio), int(w / ratio))
-                x = np.pad(x, ((0, 0), (size - x.shape[1], 0), (size - x.shape[2], 0)))
+                if d.get("clamp"):
+                    x = np.clip(x, 0.0, 1.0)
+                dh, dw = size - x.shape[1], size - x.shape[2]
+                top, left = (dh // 2, dw // 2) if d.get("padding") == "centred" else (dh, dw)
+                x = np.pad(x, ((0, 0), (top, dh - top), (left, dw - left)))
             planes.append(x * 2 - 1)
         present = len(planes)
         planes += [np.full_like(planes[0], -1.0)] * min(d["declared_cameras"] - present, d["empty_cameras"])
         masks = np.asarray([[i < present for i in range(len(planes))]])
         return np.stack(planes)[None].astype(np.float32), masks
 
-    def lerobot_text(self, instruction: str) -> dict:
+    def lerobot_text(self, instruction: str, state: np.ndarray) -> dict:
         p = self.proc["prompt"]
-        text = instruction if instruction.endswith("\n") else instruction + "\n"
+        sp = p.get("state_prompt")
+        if sp:  # π0.5: the normalised state, binned, written into the prompt
+            bins = np.digitize(state, bins=np.linspace(-1, 1, sp["bins"] + 1)[:-1]) - 1
+            task = instruction.strip().replace("_", " ").replace("\n", " ")
+            text = sp["template"].format(task=task, state=" ".join(map(str, bins)))
+        elif p.get("newline", True):
+            text = instruction if instruction.endswith("\n") else instruction + "\n"
+        else:
+            text = instruction
         ids = self.tokenizer.encode(text, add_special_tokens=p["add_special_tokens"]).ids
+        if p.get("bos_if_missing") is not None and (not ids or ids[0] != p["bos_if_missing"]):
+            ids = [p["bos_if_missing"]] + ids
+        if p.get("eos_if_missing") is not None and (not ids or ids[-1] != p["eos_if_missing"]):
+            ids = ids + [p["eos_if_missing"]]
         if p["truncate_to"]:
             ids = ids[: p["truncate_to"]]
         n = max(len(ids), p["pad_to"] or 0)
@@ -170,11 +186,12 @@ class ArtifactRunner:
     def lerobot_feeds(self, observation: dict, noise: np.ndarray | None) -> dict:
         d, st, nz = self.proc["images"], self.proc["state"], self.proc["noise"]
         pixels, masks = self.lerobot_pixels(observation["images"])
-        out = {d["input"]: pixels, d["masks"]: masks, **self.lerobot_text(str(observation.get("instruction", "")))}
         state = np.zeros(st["pad_to"], np.float32)
         if st["dim"]:
             x = np.asarray(observation["state"], np.float32).reshape(-1)
             state[: st["dim"]] = self.lerobot(x, st["normalization"])
+        out = {d["input"]: pixels, d["masks"]: masks,
+               **self.lerobot_text(str(observation.get("instruction", "")), state[: st["dim"]])}
         out[st["input"]] = state[None]
         if noise is None:  # any standard-normal draw; pass one to reproduce a given run
             noise = np.random.default_rng().standard_normal(nz["shape"]).astype(np.float32)

@@ -79,23 +79,9 @@ def test_the_standalone_runner_reproduces_the_runtime(name, tmp_path):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["lerobot-defaults", "min-max-missing-camera"])
-def test_the_standalone_runner_reproduces_smolvla(case, tmp_path):
-    """SmolVLA with LeRobot's defaults (longest padding, MEAN_STD images, an empty camera), and
-    MIN_MAX everywhere with a camera missing at run time: the runner, given the step's noise,
-    reproduces the project's runtime."""
-    from vla_compress.models.smolvla import SmolVLA
-    from vla_compress.models.smolvla.fixtures import LEROBOT_DEFAULTS, write_tiny_smolvla
-
-    if case == "lerobot-defaults":
-        ckpt = write_tiny_smolvla(tmp_path / "ckpt", normalization="MEAN_STD", empty_cameras=1, **LEROBOT_DEFAULTS)
-    else:
-        ckpt = write_tiny_smolvla(tmp_path / "ckpt", normalization="MIN_MAX")
-    vla = SmolVLA.from_pretrained(ckpt)
-    obs = at_model_size(vla, 3)
-    if case != "lerobot-defaults":
-        for o in obs[1:]:
-            o["images"] = dict(list(o["images"].items())[:1])  # the second camera missing
+def check_flow_artifact(vla, obs: list[dict], tmp_path: Path) -> None:
+    """Export `vla` (a flow head), then run `obs` through the project's runtime and through the
+    standalone runner with the same noise per step: the actions agree."""
     art = export(vla, OnnxExportConfig(), tmp_path / "art", example=at_model_size(vla, 2, seed=5))
     assert validate(art, vla, obs[:1]).passed
     policy = OnnxRuntimePolicy(art.path)
@@ -115,3 +101,36 @@ def test_the_standalone_runner_reproduces_smolvla(case, tmp_path):
     assert got["leaked"] == []
     for g, w in zip(got["actions"], want):
         np.testing.assert_allclose(np.asarray(g, np.float32), w, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", ["lerobot-defaults", "min-max-missing-camera"])
+def test_the_standalone_runner_reproduces_smolvla(case, tmp_path):
+    """SmolVLA with LeRobot's defaults (longest padding, MEAN_STD images, an empty camera), and
+    MIN_MAX everywhere with a camera missing at run time: the runner, given the step's noise,
+    reproduces the project's runtime."""
+    from vla_compress.models.smolvla import SmolVLA
+    from vla_compress.models.smolvla.fixtures import LEROBOT_DEFAULTS, write_tiny_smolvla
+
+    if case == "lerobot-defaults":
+        ckpt = write_tiny_smolvla(tmp_path / "ckpt", normalization="MEAN_STD", empty_cameras=1, **LEROBOT_DEFAULTS)
+    else:
+        ckpt = write_tiny_smolvla(tmp_path / "ckpt", normalization="MIN_MAX")
+    vla = SmolVLA.from_pretrained(ckpt)
+    obs = at_model_size(vla, 3)
+    if case != "lerobot-defaults":
+        for o in obs[1:]:
+            o["images"] = dict(list(o["images"].items())[:1])  # the second camera missing
+    check_flow_artifact(vla, obs, tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_the_standalone_runner_reproduces_pi0(kind, tmp_path):
+    """π0 (newline prompt) and π0.5 (the binned state in the prompt, quantile normalisation), with a
+    camera missing at run time: the runner, given the step's noise, reproduces the runtime."""
+    from vla_compress.models import load_vla
+    from vla_compress.models.pi0.fixtures import write_tiny_pi0
+
+    vla = load_vla(write_tiny_pi0(tmp_path / "ckpt", seed=0 if kind == "pi0" else 1, kind=kind, dtype="float32"))
+    obs = at_model_size(vla, 3)
+    obs[2]["images"] = dict(list(obs[2]["images"].items())[:1])
+    check_flow_artifact(vla, obs, tmp_path)

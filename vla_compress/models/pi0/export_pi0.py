@@ -93,9 +93,52 @@ def _examples(vla: Any, n: int = 2) -> list[dict]:
     return randomized_examples(vla, n, ["pick up the object and place it at the goal", "open the door"])
 
 
+def describe_processor(vla: Any) -> dict:
+    """π0 / π0.5's processor (processor_pi0.py) as data (models/contracts.py PROCESSOR_VERSION)."""
+    from ..contracts import PROCESSOR_VERSION, lerobot_normalization
+    from .processor_pi0 import STATE_BINS, TOKENIZER_SUBDIR
+
+    c, p = vla.cfg, vla.processor
+    st, tok = p.settings, p.tokenizer
+    s = c.image_size
+    cams = [{"name": f.camera, "key": f.key, "height": int(f.shape[1]), "width": int(f.shape[2]),
+             "normalization": {"kind": "identity"}} for f in c.image_features]
+    return {
+        "version": PROCESSOR_VERSION,
+        "images": {"input": "pixel_values", "masks": "image_masks", "cameras": [x["name"] for x in cams],
+                   "count": len(cams), "declared_cameras": len(cams), "empty_cameras": len(cams),
+                   "frame": "H x W x 3 uint8 RGB (no flip or rotation) -> float (3, H, W) / 255", "center_crop": None,
+                   "per_camera": cams, "padding": "centred", "clamp": True,
+                   "branches": [{"height": s, "width": s, "scale": 1 / 255, "offset": 0.0}],
+                   "steps": ["x / 255", "bilinear resize (align_corners=False) keeping the aspect ratio to fit height "
+                             "x width, clamp to [0, 1], zero padding split evenly (the odd pixel bottom / right), "
+                             "skipped when already that size", "x * 2 - 1"],
+                   "layout": "float32 (B, N, 3, H, W): the configured cameras given, in config order, then an all -1 "
+                             "image per configured camera not given; image_masks bool (B, N), false for those"},
+        "prompt": {"template": "{instruction}", "newline": bool(st.newline),
+                   "state_prompt": ({"bins": STATE_BINS, "template": "Task: {task}, State: {state};\nAction: ",
+                                     "task": "stripped, '_' and newlines -> ' '",
+                                     "state": "the normalised state, np.digitize(s, linspace(-1, 1, bins + 1)[:-1]) - 1,"
+                                              " space-separated"} if st.state_prompt else None),
+                   "tokenizer": f"{TOKENIZER_SUBDIR}/tokenizer.json", "add_special_tokens": True, "append": [],
+                   "bos": None, "bos_if_missing": int(tok.bos_id) if tok.add_bos else None,
+                   "eos_if_missing": int(tok.eos_id) if tok.add_eos and tok.eos_id is not None else None,
+                   "padding": tok.padding_side, "pad_to": int(tok.max_length) if tok.padding == "max_length" else None,
+                   "truncate_to": int(tok.max_length) if tok.truncation else None, "pad_id": int(tok.pad_id),
+                   "ids": "lang_tokens", "mask": "lang_masks", "dtype": "ids int64, mask bool"},
+        "state": {"input": "state", "dim": int(c.state_feature.shape[0]), "pad_to": int(c.max_state_dim),
+                  "normalization": lerobot_normalization(st.normalizer, c.state_feature.key)},
+        "actions": {"dim": int(c.action_dim), "chunk_size": int(c.chunk_size), "execute": int(c.n_action_steps),
+                    "normalization": lerobot_normalization(st.unnormalizer, c.action_feature.key)},
+        "noise": {"input": "noise", "shape": [int(c.chunk_size), int(c.max_action_dim)], "dtype": "float32",
+                  "distribution": "standard normal, one draw per policy step (the project's runtime draws it from "
+                                  "torch.Generator seeded with the runtime file's noise_seed)"},
+    }
+
+
 def export_family() -> ExportFamily:
     return ExportFamily(_save_processor, Pi0ArtifactProcessor, _torch_outputs, _head_meta, _examples,
-                        onnx_graphs=pi0_graphs)
+                        onnx_graphs=pi0_graphs, describe=describe_processor)
 
 
 def _example_with_noise(vla: Any, example: dict) -> dict:
