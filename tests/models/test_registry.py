@@ -15,7 +15,8 @@ from vla_compress.models.spec import CAPABILITIES, FamilySpec
 
 # the functions each capability module must define (optional ones are not listed)
 REQUIRED = {"prune": ("stacks", "sync"), "tokens": ("merge_tokens", "tome_state", "install_tome"),
-            "distill": ("objective_terms", "load_data"), "export": ("export_family",),
+            "distill": ("objective_terms", "load_data"), "flow": ("denoise_steps", "set_denoise_steps"),
+            "export": ("export_family",),
             "presets": ("preset_names", "build_preset")}
 
 

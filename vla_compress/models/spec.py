@@ -18,6 +18,8 @@ Capabilities (each a module in the family's folder, with these functions):
                HF-Llama [BOS][visual][text] layout, record_visual_budget(vla, budget)
     distill    objective_terms(objective, batch); load_data(vla, dataset, config, loaders);
                optional: draw_batch_noise(vla, batch, rng), check_teacher(student, teacher)
+    flow       denoise_steps(vla) -> int; set_denoise_steps(vla, n): a flow-matching head's Euler steps,
+               written into the family's config (the denoise-steps pass)
     export     export_family() -> models.contracts.ExportFamily (processor files, torch outputs,
                head meta, example observations, ONNX graphs, GGUF parts)
     processor  load_processor(artifact root) -> ArtifactProcessor, torch-free
@@ -36,7 +38,7 @@ from typing import Any, Callable
 
 from ..errors import ConfigError
 
-CAPABILITIES = ("prune", "tokens", "distill", "export", "processor", "tokens_to_actions", "presets", "fixtures")
+CAPABILITIES = ("prune", "tokens", "distill", "flow", "export", "processor", "tokens_to_actions", "presets", "fixtures")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class FamilySpec:
     prune: str | None = None
     tokens: str | None = None
     distill: str | None = None
+    flow: str | None = None
     export: str | None = None
     processor: str | None = None  # "module:function"
     tokens_to_actions: str | None = None  # "module:function"

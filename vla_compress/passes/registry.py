@@ -17,7 +17,8 @@ from .base import PassConfig
 
 # modules whose import registers the built-in passes
 _BUILTIN = ("vla_compress.passes.prune.config", "vla_compress.passes.quantize.config",
-            "vla_compress.passes.tokens.config", "vla_compress.passes.distill.config")
+            "vla_compress.passes.tokens.config", "vla_compress.passes.distill.config",
+            "vla_compress.passes.denoise.config")
 _PASSES: dict[str, "PassSpec"] = {}
 _loaded = False
 

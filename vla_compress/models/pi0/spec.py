@@ -10,6 +10,7 @@ _COMMON = dict(
     prune=f"{_HERE}.prune_pi0",
     export=f"{_HERE}.export_pi0",
     distill=f"{_HERE}.distill_pi0",
+    flow=f"{_HERE}.flow_pi0",
     tokens=f"{_HERE}.tokens_pi0",
     processor=f"{_HERE}.export_pi0:Pi0ArtifactProcessor",
     fixtures=f"{_HERE}.fixtures",

@@ -13,6 +13,7 @@ SPECS = (
         prune=f"{_HERE}.prune_smolvla",
         tokens=f"{_HERE}.tokens_smolvla",
         distill=f"{_HERE}.distill_smolvla",
+        flow=f"{_HERE}.flow_smolvla",
         export=f"{_HERE}.export_smolvla",
         processor=f"{_HERE}.export_smolvla:SmolVLAArtifactProcessor",
         presets=f"{_HERE}.presets_smolvla",
