@@ -142,7 +142,7 @@ def test_unsupported_configurations_give_clear_errors(onnx_fp32, tiny_models, tm
         OnnxExportConfig(precision="int3")
     with pytest.raises(ConfigError, match="opset must be an integer >= 18"):
         OnnxExportConfig(opset=17)
-    with pytest.raises(ConfigError, match="unknown export format 'tflite'; known: gguf, onnx, tensorrt"):
+    with pytest.raises(ConfigError, match="unknown export format 'tflite'; known: gguf, onnx, openvino, tensorrt"):
         config_from_dict({"format": "tflite"})
     with pytest.raises(ConfigError, match="unknown tolerance keys"):
         OnnxExportConfig(tolerance={"max_abss": 1.0})

@@ -68,5 +68,5 @@ def test_registry_builds_torch_policy(tiny_checkpoints, make_obs):
 
 
 def test_unknown_runtime():
-    with pytest.raises(ConfigError, match="unknown runtime 'openvino'; known: .*llama.cpp, onnx, tensorrt, torch"):
-        build_policy(PolicySpec("openvino", "x"))
+    with pytest.raises(ConfigError, match="unknown runtime 'tflite'; known: .*llama.cpp, onnx, ov, tensorrt, torch"):
+        build_policy(PolicySpec("tflite", "x"))
