@@ -39,7 +39,7 @@ FLOAT_BYTES = {"fp32": 4.0, "fp16": 2.0, "bf16": 2.0}
 LOWBIT_BYTES = {"int8": 1.0, "fp8": 1.0, "int4": 4.5 / 8, "fp4": 4.5 / 8}  # per weight, scales included
 ALIASES = {"int8-dynamic": "int8", "int8-static": "int8", "int4-weight": "w4a16", "int8-weight": "w8a16",
            "q8f16": "w8a16", "q4f16": "w4a16", "float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-RUNTIME_PREFERENCE = ("tensorrt", "onnxruntime", "torch", "llama.cpp")
+RUNTIME_PREFERENCE = ("tensorrt", "onnxruntime", "torch", "llama.cpp", "openvino")
 GB = 1e9  # memory_gb and bandwidth_gbs are decimal GB
 # The uncertainty band of an estimate: each uncalibrated efficiency factor is swept over the spread
 # that public measurements show (/work/shared/hardware-facts.md: "start eta_c at 0.4-0.6"; eta_m of
