@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def main() -> None:
 
     import ray
 
+    # the code measured: HEAD when the run starts (others may commit while it runs)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     tasks = args.tasks.split(",")
     spec = PolicySpec("torch", str(ROOT / args.checkpoint))
     configs = (["local-serial"] if args.serial else []) + args.configs.split(",")
@@ -129,8 +132,7 @@ def main() -> None:
             finally:
                 ex.close()
         elif name == "ray-2-nodes":
-            port, logs = free_port(), ROOT / "bench/results/.ray-nodes"
-            logs.mkdir(parents=True, exist_ok=True)
+            port, logs = free_port(), Path(tempfile.mkdtemp(prefix="scale-eval-ray-"))  # the nodes' own output
             addr = f"127.0.0.1:{port}"
             procs = []
             t0 = time.perf_counter()
@@ -163,7 +165,6 @@ def main() -> None:
     ref = rows[0]["outcomes"]
     for r in rows:
         r["outcomes_identical_to_first"] = r["outcomes"] == ref
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     out = {"checkpoint": args.checkpoint, "tasks": tasks, "episodes_per_task": args.episodes,
            "max_steps": args.max_steps, "threads_per_worker": 1, "host_cpus": os.cpu_count(),
            "ray": ray.__version__, "commit": commit, "runs": rows, "outcomes": ref,

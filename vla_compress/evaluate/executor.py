@@ -35,7 +35,8 @@ class Executor(Protocol):
     workers: int
 
     def default_threads(self) -> int:
-        """Threads per worker when the caller names none."""
+        """Threads per worker when the caller names none (local: the host's cores / workers; ray: 1).
+        Name them for outcomes identical across executors: the arithmetic can depend on them."""
 
     def map_episodes(self, spec: PolicySpec, suite_args: dict, threads: int,
                      jobs: Iterable[Job]) -> Iterator[EpisodeResult]:
@@ -43,6 +44,9 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Release workers and any cluster this executor started."""
+
+    def describe(self) -> dict:
+        """What the result records about the executor (kind, workers, address)."""
 
 
 _WORKER: dict[str, Any] = {}  # the Pool worker's EpisodeWorker (one per process)
