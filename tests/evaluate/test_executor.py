@@ -124,6 +124,12 @@ def test_ray_missing_is_a_one_line_error(monkeypatch, tiny_checkpoints, tmp_path
     assert res.output.strip().count("\n") == 0 and "pip install 'vla-compress[ray]'" in res.output
     res = CliRunner().invoke(main, ["eval", str(tiny_checkpoints["regression"]), "--ray-address", "auto"])
     assert res.exit_code == 2 and "not installed" in res.output
+    # compress: --executor becomes the recipe's evaluation.executor, refused before the run folder exists
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["compress", str(tiny_checkpoints["regression"]), "-p", "demo-cpu-onnx-int8",
+                                    "-o", str(out), "--executor", "ray"])
+    assert res.exit_code == 2 and "evaluation.executor.kind: ray is not installed" in res.output
+    assert not out.exists()
 
 
 def test_executor_names_are_checked():
