@@ -197,3 +197,29 @@ def dataset_cameras(vla: Any, available: list[str], root: Path) -> list[str]:
         raise DatasetError(root, f"no dataset camera among those the model reads ({wanted}); "
                                  f"dataset cameras: {available}")
     return cams
+
+
+def flow_objective_terms(objective: Any, batch: dict, velocity: Any) -> tuple[Any, Any]:
+    """Flow-matching distillation terms as LeRobot trains it (x_t = t * noise + (1 - t) * actions):
+    (MSE of the student's velocity to the teacher's at the same x_t and t, MSE to the target
+    noise - actions or None), over the real action dimensions; `velocity(model, inputs, x_t, t)` is
+    the family's velocity field."""
+    import torch.nn.functional as F
+
+    act = batch["actions"].float()
+    noise, t = batch["noise"].to(act.device), batch["time"].to(act.device)
+    a = F.pad(act, (0, noise.shape[-1] - act.shape[-1]))
+    x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
+    dim = act.shape[-1]
+    with objective.teacher_pass():
+        target = velocity(objective.t, batch["inputs"], x_t, t)[..., :dim]
+    with objective.student_pass():
+        v = velocity(objective.s, batch["inputs"], x_t, t)[..., :dim].float()
+    label = F.mse_loss(v, (noise - a)[..., :dim]) if objective.config.label_weight > 0 else None
+    return F.mse_loss(v, target.float()), label
+
+
+def load_data(vla: Any, dataset: Any, config: Any, loaders: Any) -> Any:
+    """Distillation frames of a LeRobot-layout family: observations of the chosen episodes through
+    the processor, targets not clipped (its MEAN_STD / QUANTILES action spaces are unbounded)."""
+    return loaders.observations(vla, dataset, config, cameras=dataset_cameras, clip=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..lerobot_layout import dataset_cameras, draw_batch_noise
+from ..lerobot_layout import dataset_cameras, draw_batch_noise, flow_objective_terms, load_data
 
 __all__ = ["dataset_cameras", "draw_batch_noise", "load_data", "objective_terms", "velocity"]
 
@@ -27,21 +27,4 @@ def velocity(model: Any, inputs: dict, x_t: Any, t: Any) -> Any:
 
 def objective_terms(objective: Any, batch: dict) -> tuple[Any, Any]:
     """(MSE to the teacher's velocity, MSE to the flow-matching target or None)."""
-    import torch.nn.functional as F
-
-    act = batch["actions"].float()
-    noise, t = batch["noise"].to(act.device), batch["time"].to(act.device)
-    a = F.pad(act, (0, noise.shape[-1] - act.shape[-1]))
-    x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * a
-    dim = act.shape[-1]
-    with objective.teacher_pass():
-        target = velocity(objective.t, batch["inputs"], x_t, t)[..., :dim]
-    with objective.student_pass():
-        v = velocity(objective.s, batch["inputs"], x_t, t)[..., :dim].float()
-    label = F.mse_loss(v, (noise - a)[..., :dim]) if objective.config.label_weight > 0 else None
-    return F.mse_loss(v, target.float()), label
-
-
-def load_data(vla: Any, dataset: Any, config: Any, loaders: Any) -> Any:
-    """Observations of the chosen episodes through the processor, targets not clipped."""
-    return loaders.observations(vla, dataset, config, cameras=dataset_cameras, clip=False)
+    return flow_objective_terms(objective, batch, velocity)
