@@ -48,7 +48,9 @@ CASES = {
 
 
 def test_cases_cover_every_pass():
-    assert {c.name for chain in CASES.values() for c in chain} == set(list_passes())
+    # denoise-steps needs a flow-matching head, which the reference family has not: its save/reload
+    # round trip is in tests/passes/test_denoise.py (SmolVLA, π0, π0.5)
+    assert {c.name for chain in CASES.values() for c in chain} == set(list_passes()) - {"denoise-steps"}
 
 
 def chunk(vla, inputs) -> torch.Tensor:

@@ -15,6 +15,7 @@ from tests.passes.conftest import context_for
 from vla_compress.errors import ConfigError, PassError
 from vla_compress.passes import (Dataset, PassContext, Where, apply_passes, config_from_dict, get_pass, list_passes,
                                  quantize_)
+from vla_compress.passes.denoise import DenoiseStepsConfig
 from vla_compress.passes.distill import DistillConfig
 from vla_compress.passes.prune import LayerDropConfig, WidthPruneConfig
 from vla_compress.passes.quantize import (FqnToConfig, Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
@@ -38,6 +39,7 @@ EXAMPLES = {
     "token-merge": TokenMergeConfig(r=2, mode="reduce"),
     "distill": DistillConfig(steps=50, lr=3e-4, hidden_weight=0.5, hidden_components=("backbone", "projector"),
                              where={"components": ["backbone", "action_head"], "exclude": ["backbone.embed_tokens"]}),
+    "denoise-steps": DenoiseStepsConfig(steps=2, distill_steps=20, lr=1e-3),
 }
 
 

@@ -90,7 +90,8 @@ def test_pipeline_records_sizes_on_disk_in_the_saved_log(fresh, tiny_checkpoints
     assert reloaded.compression_log[-1]["after"]["size_on_disk_bytes"] == e["after"]["size_on_disk_bytes"]
 
 
-@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - {"distill"}))  # distill: its own tests train; slow here
+# distill: its own tests train (slow here); denoise-steps: flow heads only (tests/passes/test_denoise.py)
+@pytest.mark.parametrize("name", sorted(set(EXAMPLES) - {"distill", "denoise-steps"}))
 def test_every_pass_records_fidelity_fields(fresh, make_obs, name):
     vla = fresh("tokens", deep=True)
     ctx = context_for(vla, batch_size=2)
