@@ -1,5 +1,5 @@
 """What a user sees: the tool's own output, not the libraries' notices (transformers' FutureWarnings,
-torch.onnx's "torchvision is not installed" lines). Those go to the log file (cli/logs.py).
+torch.onnx's "torchvision is not installed" lines). Those go to the log file (vla_compress/notices.py).
 
 Real `vla-compress` processes (subprocess), because the routing is set up where the click group
 starts and a library installs its handlers when first imported in a fresh interpreter.
@@ -87,6 +87,55 @@ main()
     for notice in ("a library's deprecation", "a library's log line", "another library's log line"):
         assert notice not in err and notice in log
     assert "our own" not in log
+
+
+def test_worker_processes_of_a_command_route_their_notices_too(tmp_path):
+    """The evaluation, collection and DAgger workers are spawned processes: a library they import
+    (e.g. transformers pulling in torchao, which prints its load failures) must stay off the terminal
+    as in the CLI's own process. They inherit the routing from the command that spawned them."""
+    code = """
+import logging, multiprocessing as mp, sys, warnings
+from vla_compress.cli.main import main
+from vla_compress.notices import route_if_inherited
+
+def child(_):
+    warnings.warn("a worker's library deprecation", FutureWarning)
+    logging.getLogger("torch.utils._pytree").warning("a worker's library log line")
+    logging.getLogger("vla_compress.x").warning("a worker's own log line")
+    return 1
+
+@main.command("spawny")
+def spawny():
+    with mp.get_context("spawn").Pool(1, initializer=route_if_inherited) as pool:
+        assert pool.map(child, [0]) == [1]
+
+if __name__ == "__main__":
+    sys.argv = ["vla-compress", "spawny"]
+    main()
+"""
+    script = tmp_path / "spawny.py"
+    script.write_text(code)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
+    env.pop("VLA_COMPRESS_ROUTE_NOTICES", None)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    err, log = proc.stderr, _log(cache)
+    for notice in ("a worker's library deprecation", "a worker's library log line"):
+        assert notice not in err and notice in log
+    assert "a worker's own log line" in err
+
+
+def test_a_library_user_keeps_their_own_output_setup():
+    """Importing vla_compress and running an evaluation worker from a program routes nothing."""
+    import logging
+
+    from vla_compress.notices import ENV_FLAG, route_if_inherited
+
+    before = list(logging.getLogger().handlers)
+    if os.environ.get(ENV_FLAG) is None:  # (the test process itself was not started by the CLI)
+        route_if_inherited()
+        assert logging.getLogger().handlers == before
 
 
 def test_kv_cache_calls_use_the_installed_transformers_api(tiny_models, make_obs):

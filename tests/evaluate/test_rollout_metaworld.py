@@ -83,6 +83,49 @@ def test_env_observation_contract():
         env.close()
 
 
+def test_frames_render_on_first_read_and_match_eager_rendering():
+    """Frames render lazily (a chunked policy reads one step in N); they are the frames eager rendering
+    gives, the physics is unchanged by not rendering, and a frame read after the env moved on is refused."""
+    from vla_compress.errors import SimulationError
+
+    seed = eval_seed("reach-v3", 0)
+    action = np.array([0.5, -0.3, 0.2, 1.0])
+    eager, lazy = (MetaWorldEnv("reach-v3", (CameraSpec("corner", 48), CameraSpec("gripperPOV", 32)), max_steps=6)
+                   for _ in range(2))
+    try:
+        eo, _ = eager.reset(seed)
+        lo, _ = lazy.reset(seed)
+        assert list(lo["images"]) == ["corner", "gripperPOV"] and len(lo["images"]) == 2
+        for step in range(5):
+            frames = {k: eo["images"][k] for k in eo["images"]}  # every frame read, every step
+            if step in (0, 3):  # the lazy env is read on two steps only
+                assert all(np.array_equal(lo["images"][k], frames[k]) for k in frames)
+                assert lo["images"]["corner"] is lo["images"]["corner"]  # rendered once
+            stale = lo
+            eo, eraw, es, _ = eager.step(action)
+            lo, lraw, ls, _ = lazy.step(action)
+            assert np.array_equal(eraw, lraw) and es == ls  # rendering never touches the physics
+        with pytest.raises(SimulationError, match="earlier step was read after the env moved on"):
+            stale["images"]["gripperPOV"]
+    finally:
+        eager.close()
+        lazy.close()
+
+
+def test_policy_step_reads_frames_before_its_clock():
+    """The runtime Policy renders lazy frames before timing inference (rendering is not latency)."""
+    from vla_compress.runtime.policy import with_frames
+
+    env = MetaWorldEnv("reach-v3", CameraSpec("corner", 32), max_steps=3)
+    try:
+        obs, _ = env.reset(eval_seed("reach-v3", 0))
+        plain = with_frames(obs)
+        assert type(plain["images"]) is dict and plain["images"]["corner"].shape == (32, 32, 3)
+        assert with_frames(plain) is plain
+    finally:
+        env.close()
+
+
 def test_same_seed_same_placement():
     env = MetaWorldEnv("reach-v3", CameraSpec("corner", 32), max_steps=5)
     try:

@@ -27,7 +27,7 @@ class _Group(click.Group):
 @click.version_option(package_name="vla-compress")
 def main() -> None:
     """Compress, export, profile and verify Vision-Language-Action robot policies."""
-    from .logs import route_third_party_output
+    from ..notices import route_third_party_output
 
     route_third_party_output()  # third-party warnings and log lines go to a log file, not the terminal
 

@@ -88,7 +88,9 @@ def collect(
     next_i = {t: start_index for t in tasks}
     got = {t: 0 for t in tasks}
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers) as pool:
+    from ..notices import route_if_inherited
+
+    with ctx.Pool(workers, initializer=route_if_inherited) as pool:
         while any(got[t] < want[t] for t in tasks):
             jobs = []
             for t in tasks:

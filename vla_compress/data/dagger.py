@@ -55,6 +55,9 @@ def _init(spec: Any, threads: int) -> None:
 
     import torch
 
+    from ..notices import route_if_inherited
+
+    route_if_inherited()
     warnings.filterwarnings("ignore", module="gymnasium")
     warnings.filterwarnings("ignore", module="metaworld")
     torch.set_num_threads(threads)

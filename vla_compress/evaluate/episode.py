@@ -70,6 +70,9 @@ class EpisodeWorker:
 
         import torch
 
+        from ..notices import route_if_inherited
+
+        route_if_inherited()  # a worker of the CLI keeps third-party notices off the terminal, as the CLI does
         # gymnasium's passive checker warns on every MetaWorld reset/step (observation bounds); not ours to fix
         warnings.filterwarnings("ignore", module="gymnasium")
         torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ without looking and nothing compression does to vision would show in its success
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +111,38 @@ def make_gym_env(task: str, seed: int, max_steps: int = 300):
         raise SimulationError(f"cannot create MetaWorld task {task!r}: {e}") from None
 
 
+class StepFrames(Mapping):
+    """The camera frames of one env step, each rendered the first time it is read.
+
+    A policy that executes an action chunk reads the images on one step in `chunk`; rendering is
+    about half of a MetaWorld step's CPU time, so the frames nobody reads are never rendered. The
+    physics does not depend on rendering, so episodes are identical either way. A frame can only be
+    read while the env is still at the step it belongs to; a later read is a SimulationError (it
+    would show another state)."""
+
+    def __init__(self, env: "MetaWorldEnv", tick: int):
+        self._env, self._tick, self._frames = env, tick, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._frames:
+            cam = self._env.camera(name)
+            if self._env._tick != self._tick:
+                raise SimulationError(f"MetaWorld task {self._env.task!r}: the {name!r} frame of an earlier step was "
+                                      "read after the env moved on; read an observation's images before the next "
+                                      "step() or reset()")
+            self._frames[name] = self._env.render(cam)
+        return self._frames[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return (c.name for c in self._env.cameras)
+
+    def __len__(self) -> int:
+        return len(self._env.cameras)
+
+    def __repr__(self) -> str:
+        return f"StepFrames({list(self)}, rendered={list(self._frames)})"
+
+
 class MetaWorldEnv:
     """One MetaWorld task instance, seeded, rendering one or more cameras on the CPU
     (e.g. the third-person "corner" view and the wrist-mounted "gripperPOV").
@@ -129,6 +162,13 @@ class MetaWorldEnv:
         self.instruction = instruction_for(task)
         self._env = None
         self._renderers: dict = {}
+        self._tick = 0  # advanced by every reset() and step(): the frames of older observations are stale
+
+    def camera(self, name: str) -> CameraSpec:
+        for c in self.cameras:
+            if c.name == name:
+                return c
+        raise KeyError(name)
 
     def reset(self, seed: int) -> tuple[dict, np.ndarray]:
         """Start an episode with a seeded placement; returns (observation, raw 39-d state)."""
@@ -145,6 +185,10 @@ class MetaWorldEnv:
             r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             self._renderers[size] = r
+        for c in self.cameras:  # frames render on first read: check the names now, not mid-episode
+            if mujoco.mj_name2id(u.model, mujoco.mjtObj.mjOBJ_CAMERA, c.name) < 0:
+                raise SimulationError(f"MetaWorld task {self.task!r} has no camera {c.name!r} "
+                                      f"(its cameras: {', '.join(METAWORLD_CAMERAS)})")
         self.steps = 0
         return self._observe(raw), raw
 
@@ -170,13 +214,15 @@ class MetaWorldEnv:
         return np.ascontiguousarray(img[::-1] if cam.flip else img)
 
     def _observe(self, raw: np.ndarray) -> dict:
+        self._tick += 1
         return {
-            "images": {c.name: self.render(c) for c in self.cameras},
+            "images": StepFrames(self, self._tick),
             "state": np.asarray(raw[:PROPRIO_DIM], dtype=np.float32),
             "instruction": self.instruction,
         }
 
     def close(self) -> None:
+        self._tick += 1
         for r in getattr(self, "_renderers", {}).values():
             try:
                 r.close()

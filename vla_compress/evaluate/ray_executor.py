@@ -26,6 +26,7 @@ from collections import deque
 from typing import Any, Iterable, Iterator
 
 from ..errors import ExecutorError, VLACompressError
+from ..notices import ENV_FLAG
 from .episode import EpisodeResult, EpisodeWorker, PolicySpec
 
 Job = tuple[str, int]  # (task, seed), as executor.py names it
@@ -113,6 +114,8 @@ class RayExecutor:
         """`workers` actors for this policy: the previous evaluation's when it ran the same policy the
         same way (sequential rounds, repeated evaluations), else fresh ones. Returns new_actor()."""
         env = {v: str(threads) for v in THREAD_VARS}
+        if os.environ.get(ENV_FLAG):  # the CLI routes third-party notices to its log: so do the actors
+            env[ENV_FLAG] = os.environ[ENV_FLAG]
         remote = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_EpisodeActor)
 
         def new_actor():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -38,6 +39,16 @@ def artifact_options(options: dict, name: str) -> dict:
             "verify": options.get("verify", False), "name": options.get("name", name)}
 
 
+def with_frames(observation: dict) -> dict:
+    """The observation with its images as a plain dict: a simulator may hand frames that render on
+    first read (evaluate/metaworld_env.py StepFrames); a policy step reads them all first, so rendering
+    is never counted as inference time."""
+    images = observation.get("images")
+    if isinstance(images, Mapping) and not isinstance(images, dict):
+        return {**observation, "images": {k: images[k] for k in images}}
+    return observation
+
+
 class Policy:
     """Base class: subclasses implement `infer(observation) -> (K, A) actions in robot units`."""
 
@@ -58,6 +69,7 @@ class Policy:
 
     def act(self, observation: dict) -> np.ndarray:
         if not self._queue:
+            observation = with_frames(observation)  # lazily rendered frames: rendered before the clock starts
             t0 = time.perf_counter()
             chunk = np.asarray(self.infer(observation), dtype=np.float32)
             self.latencies_s.append(time.perf_counter() - t0)

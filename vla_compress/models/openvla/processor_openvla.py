@@ -21,6 +21,7 @@ without importing torch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -239,7 +240,7 @@ class OpenVLAProcessor:
 
     def frames(self, obs: dict) -> list[np.ndarray]:
         images = obs.get("images")
-        if not isinstance(images, dict) or not images:
+        if not isinstance(images, Mapping) or not images:
             raise ObservationError("observation has no 'images' dict")
         if self.cameras:
             missing = [c for c in self.cameras if c not in images]

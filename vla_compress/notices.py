@@ -13,6 +13,11 @@ is written, so nothing is lost for a bug report.
   again right after its import finishes.
 - The root logger (where e.g. onnxruntime.quantization logs) writes to the file too; vla_compress's
   own loggers still print WARNING and above to stderr.
+- Worker processes: routing sets VLA_COMPRESS_ROUTE_NOTICES in the environment, which spawned workers
+  (and Ray actors, given it in their runtime_env) inherit; they call `route_if_inherited()` first, so
+  a library that a worker imports (transformers pulling in torchao, say) stays off the terminal too.
+  A program using vla_compress as a library keeps its own output setup: nothing is routed unless the
+  CLI started it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import datetime
 import importlib.abc
 import importlib.util
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,11 +37,12 @@ THIRD_PARTY = ("torch", "transformers", "huggingface_hub", "onnx", "onnxscript",
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])
 _DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 _state: dict = {}
+ENV_FLAG = "VLA_COMPRESS_ROUTE_NOTICES"
 
 
 def log_path() -> Path:
     """Today's log file (not created here)."""
-    from ..resources import user_dir
+    from .resources import user_dir
 
     return user_dir("logs") / f"{datetime.date.today().isoformat()}.log"
 
@@ -120,6 +127,7 @@ def route_third_party_output() -> None:
         own = _StderrHandler(logging.WARNING)
         own.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         _state.update(file=handler, own=own, finder=_AdoptAfterImport(handler))
+        os.environ[ENV_FLAG] = "1"  # worker processes started from here route theirs too
     handler = _state["file"]
     for name in THIRD_PARTY:
         if name in sys.modules:
@@ -147,3 +155,9 @@ def route_third_party_output() -> None:
 
         showwarning._vla_compress = True
         warnings.showwarning = showwarning
+
+
+def route_if_inherited() -> None:
+    """In a worker process: route as the parent does, when the parent routed (see the module doc)."""
+    if os.environ.get(ENV_FLAG) == "1":
+        route_third_party_output()
