@@ -6,9 +6,11 @@ only ships the artifact folder. Everything it does is read from the artifact's `
     processor   how an observation becomes the graphs' inputs (cameras, image size and scaling,
                 the prompt template and tokenizer file, state normalisation) and how the graphs'
                 normalised actions become robot units (the statistics, the chunk, how many to run)
-    model       how to drive the graphs: `head` "regression" (one `policy_step` graph) or
-                "tokens" (`prefill` then greedy `decode` steps over a KV cache); a flow head
-                (SmolVLA, π0, π0.5) is one `policy_step` graph that also takes the step's noise
+    model       how to drive the graphs: `head` "regression" (one `policy_step` graph; SmolVLA's,
+                a flow head with its Euler loop inside, also takes the step's noise), "tokens"
+                (`prefill` then greedy `decode` steps over a KV cache) or "flow" (π0, π0.5: a
+                `prefix` graph once, then the Euler loop `model.loop` describes over its
+                `denoise_step` graph, from the step's noise at t = 1 to the actions at t = 0)
     session     the ONNX Runtime session options the project runs the graphs with
 
     python examples/run_artifact.py ARTIFACT_DIR        # one step on a blank observation
@@ -207,6 +209,8 @@ class ArtifactRunner:
         m = self.model
         if m["head"] == "regression":
             return self._run(self.sessions["policy_step"], feeds, ["actions"])[0][0]
+        if m["head"] == "flow":
+            return self.integrate(feeds)[0]
         if m["head"] != "tokens":
             raise NotImplementedError(f"head {m['head']!r}")
         prefill, decode = self.sessions["prefill"], self.sessions["decode"]
@@ -234,6 +238,19 @@ class ArtifactRunner:
         else:  # bin index -> bin centre in [-1, 1]
             values = -1.0 + (ids.astype(np.float32) + 0.5) * np.float32(2.0 / m["n_bins"])
         return values.reshape(m["chunk_size"], m["action_dim"]).astype(np.float32)
+
+    def integrate(self, feeds: dict) -> np.ndarray:
+        """A flow head: prefix once; then, from x = noise, x <- x + dt * velocity(x, t) at each of the
+        loop's times, in float32 (the prefix's outputs fed to every step as `carry` names them)."""
+        loop = self.model["loop"]
+        names = sorted(set(loop["carry"].values()))
+        prefix = dict(zip(names, self._run(self.sessions[loop["prefix"]], feeds, names)))
+        feeds = {**feeds, **{step_input: prefix[out] for step_input, out in loop["carry"].items()}}
+        x, dt = np.asarray(feeds[loop["start"]], np.float32), np.float32(loop["dt"])
+        for t in loop["times"]:
+            feeds[loop["x"]], feeds[loop["t"]] = x, np.full(x.shape[:1], t, np.float32)
+            x = x + dt * self._run(self.sessions[loop["step"]], feeds, [loop["velocity"]])[0]
+        return x[:, :, : self.model["action_dim"]]
 
     def act(self, observation: dict, noise: np.ndarray | None = None) -> np.ndarray:
         """The actions to execute; `noise` (flow heads): the standard-normal draw of this step."""

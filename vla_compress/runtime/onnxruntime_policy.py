@@ -67,12 +67,55 @@ def _session(ort, path: Path, so, providers: list[str]):
                                 "the file is corrupt or incomplete (re-export it), or uses types this ONNX Runtime cannot run") from None
 
 
+def loop_graphs(meta: dict) -> tuple[str, str | None]:
+    """(the graph the processor's inputs feed, the graph run in a loop after it or None) of a head's
+    graph protocol: "regression" one `policy_step`; "tokens" `prefill` then `decode` per action
+    token; "flow" the `loop` record's prefix graph, then its denoise step once per Euler step."""
+    head = meta.get("head")
+    if head == "regression":
+        return "policy_step", None
+    if head == "tokens":
+        return "prefill", "decode"
+    if head == "flow":
+        return meta["loop"]["prefix"], meta["loop"]["step"]
+    raise ConfigError(f"no ONNX graph protocol for a {head!r} head")
+
+
+_LOOP_KEYS = ("prefix", "step", "steps", "dt", "times", "start", "x", "t", "velocity", "carry")
+
+
+def check_flow_loop(artifact, graphs: Any) -> dict:
+    """The `model.loop` record of a flow-head artifact, checked against its graphs (`graphs`: name ->
+    session): a ConfigError naming artifact.json and what is wrong."""
+    m = artifact.manifest["model"]
+    where = f"{artifact.path / 'artifact.json'}: model.loop"
+    loop = m.get("loop")
+    if not isinstance(loop, dict) or any(k not in loop for k in _LOOP_KEYS):
+        raise ConfigError(f"{where} must be a mapping with {', '.join(_LOOP_KEYS)}; got {loop!r:.200}")
+    missing = [g for g in (loop["prefix"], loop["step"]) if g not in graphs]
+    if missing:
+        raise ConfigError(f"{where} names graph(s) {missing} the artifact does not have ({', '.join(graphs)})")
+    n, times = loop["steps"], loop["times"]
+    count = len(times) if isinstance(times, list) else times
+    if not isinstance(n, int) or n < 1 or n != m.get("integration_steps") or count != n:
+        raise ConfigError(f"{where}: steps {n!r} must be an integer >= 1 equal to integration_steps "
+                          f"({m.get('integration_steps')!r}), with one time per step (times: {count!r})")
+    prefix = graphs[loop["prefix"]]
+    if hasattr(prefix, "get_outputs"):  # ONNX Runtime says what a graph outputs before it runs
+        absent = sorted(set(loop["carry"].values()) - {o.name for o in prefix.get_outputs()})
+        if absent:
+            raise ConfigError(f"{where}: carry names prefix outputs {absent[:4]} the {loop['prefix']!r} graph lacks")
+    return loop
+
+
 class OnnxGraphs:
     """The artifact's ONNX sessions and the loop that turns preprocessed inputs into actions.
 
     `predict(feeds)` returns {"actions": (B, K, A) normalised, and for a tokens head "bins"
     (B, N) and "bin_logits" (B, N, n_bins)}; `force_bins` teacher-forces the decode loop
     (used by validation). `last_timing` holds seconds per component of the last call.
+    `decode_feeds`, when a list, receives the inputs of every call of the looped graph (decode,
+    denoise step): the calibration data of static quantization.
     """
 
     def __init__(self, artifact, threads: int = 1, providers: list[str] | None = None):
@@ -84,6 +127,8 @@ class OnnxGraphs:
         so = session_options(threads)
         self.sessions = {name: _session(ort, artifact.file(g["file"]), so, self.providers)
                          for name, g in artifact.manifest["graphs"].items()}
+        if self.head == "flow":
+            check_flow_loop(artifact, self.sessions)
         self.last_timing: dict[str, float] = {}
         self.decode_feeds: list[dict] | None = None  # set to a list to record decode inputs (calibration)
 
@@ -96,6 +141,8 @@ class OnnxGraphs:
             return self._regression(feeds)
         if self.head == "tokens":
             return self._tokens(feeds, force_bins)
+        if self.head == "flow":
+            return self._flow(feeds)
         raise ConfigError(f"{self.artifact.path}: the ONNX runtime cannot drive a {self.head!r} head")
 
     def _inputs(self, session, feeds: dict) -> dict:
@@ -107,6 +154,30 @@ class OnnxGraphs:
         (actions,) = s.run(["actions"], self._inputs(s, feeds))
         self.last_timing = {"policy_step_s": time.perf_counter() - t0}
         return {"actions": actions}
+
+    def _flow(self, feeds: dict) -> dict:
+        """The prefix graph once, then the Euler loop over the denoise step (artifact.json model.loop):
+        x = noise; x <- x + dt v(x, t) at each recorded t, in float32, as the torch model integrates.
+        Timings: the prefix as "prefill", the steps together as "decode" (the profiler's groups)."""
+        loop = self.meta["loop"]
+        prefix, step = self.sessions[loop["prefix"]], self.sessions[loop["step"]]
+        carried = sorted(set(loop["carry"].values()))
+        t0 = time.perf_counter()
+        out = dict(zip(carried, prefix.run(carried, self._inputs(prefix, feeds))))
+        t1 = time.perf_counter()
+        x = np.asarray(feeds[loop["start"]], np.float32)
+        step_feeds = {**feeds, **{name: out[src] for name, src in loop["carry"].items()}}
+        dt = np.float32(loop["dt"])
+        for t in loop["times"]:
+            step_feeds[loop["x"]], step_feeds[loop["t"]] = x, np.full((x.shape[0],), t, np.float32)
+            inputs = self._inputs(step, step_feeds)
+            if self.decode_feeds is not None:
+                self.decode_feeds.append(inputs)
+            (v,) = step.run([loop["velocity"]], inputs)
+            x = x + dt * v.astype(np.float32)
+        self.last_timing = {"prefill_s": t1 - t0, "decode_s": time.perf_counter() - t1,
+                            "decode_steps": len(loop["times"])}
+        return {"actions": x[:, :, : self.meta["action_dim"]]}
 
     def _tokens(self, feeds: dict, force_bins: np.ndarray | None) -> dict:
         from ..export.family import bins_to_actions

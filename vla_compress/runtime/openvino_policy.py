@@ -2,8 +2,8 @@
 
 The artifact holds the IR (`<graph>.xml` + `.bin`), the manifest (`artifact.json`: how to drive the
 graphs, the same I/O contract as the ONNX graphs they were converted from) and the checkpoint's
-processor files. The decode loop of a tokens head is the ONNX Runtime policy's (OnnxGraphs), run on
-OpenVINO compiled models.
+processor files. The decode loop of a tokens head and the Euler loop of a flow head are the ONNX
+Runtime policy's (OnnxGraphs), run on OpenVINO compiled models.
 
 Options (PolicySpec("openvino", artifact_dir, options)):
   threads              INFERENCE_NUM_THREADS per compiled model (default 1: evaluation workers share cores)
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ExportError
-from .onnxruntime_policy import OnnxGraphs
+from .onnxruntime_policy import OnnxGraphs, check_flow_loop
 from .policy import Policy, artifact_options, open_artifact
 
 PRECISION_HINTS = ("f32", "bf16", "f16", "default")
@@ -38,10 +38,14 @@ class OpenVinoSession:
     """One compiled model behind the small part of an ORT InferenceSession OnnxGraphs uses:
     `get_inputs()` (objects with `.name`) and `run(output_names, feeds) -> [arrays]`."""
 
-    def __init__(self, compiled: Any):
+    def __init__(self, compiled: Any, input_names: list[str] | None = None):
         self.compiled = compiled
         self.request = compiled.create_infer_request()
-        self._inputs = [_Input(p.get_any_name()) for p in compiled.inputs]
+        # a port may carry several tensor names (a graph input feeding a Convert gets that node's name
+        # too): name it by the ONNX graph's input name (artifact.json io) when it has it
+        known = set(input_names or ())
+        self._inputs = [_Input(next((n for n in sorted(p.get_names()) if n in known), p.get_any_name()))
+                        for p in compiled.inputs]
 
     def get_inputs(self) -> list[_Input]:
         return self._inputs
@@ -63,7 +67,7 @@ def compile_config(threads: int, inference_precision: str) -> dict:
 
 
 class OpenVinoGraphs(OnnxGraphs):
-    """The artifact's IR compiled with OpenVINO, driven by OnnxGraphs' regression / greedy-decode loops."""
+    """The artifact's IR compiled with OpenVINO, driven by OnnxGraphs' regression / greedy-decode / Euler loops."""
 
     def __init__(self, artifact, threads: int = 1, device: str = "CPU", inference_precision: str = "f32"):
         import openvino as ov
@@ -78,10 +82,14 @@ class OpenVinoGraphs(OnnxGraphs):
         for name, g in artifact.manifest["graphs"].items():
             path = artifact.file(g["file"])
             try:
-                self.sessions[name] = OpenVinoSession(core.compile_model(core.read_model(str(path)), device, cfg))
+                inputs = [i["name"] for i in artifact.manifest.get("io", {}).get(name, {}).get("inputs", [])]
+                compiled = core.compile_model(core.read_model(str(path)), device, cfg)
+                self.sessions[name] = OpenVinoSession(compiled, inputs)
             except Exception as e:  # noqa: BLE001  (OpenVINO raises RuntimeError from C++)
                 raise ExportError(path, f"OpenVINO cannot load this IR ({type(e).__name__}: {str(e).strip()[:300]}); "
                                         "the file is corrupt or incomplete (re-export it)") from None
+        if self.head == "flow":
+            check_flow_loop(artifact, self.sessions)
         first = next(iter(self.sessions.values())).compiled
         self.device = device
         self.inference_precision = str(first.get_property("INFERENCE_PRECISION_HINT").get_type_name()) \

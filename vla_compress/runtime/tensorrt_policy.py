@@ -2,7 +2,8 @@
 
 The engines are built from the artifact's ONNX graphs with the same I/O names, so the ONNX
 Runtime policy's driving loop (one policy_step call for a regression head; prefill, then one
-decode call per action token with the KV cache for a tokens head) runs them unchanged: each
+decode call per action token with the KV cache for a tokens head; prefix, then one denoise_step
+call per Euler step for a flow head: one engine per graph) runs them unchanged: each
 graph is an `EngineSession` with ORT's `run(output_names, feeds)` / `get_inputs()` surface.
 Device buffers are torch CUDA tensors when torch has CUDA, else cuda-python allocations; inputs
 and outputs cross to the host each call (the decode loop works on numpy), which is simple and
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, ExportError
-from .onnxruntime_policy import OnnxGraphs, OnnxRuntimePolicy
+from .onnxruntime_policy import OnnxGraphs, OnnxRuntimePolicy, check_flow_loop
 from .policy import Policy, artifact_options, open_artifact
 
 
@@ -223,6 +224,8 @@ class TensorRTGraphs(OnnxGraphs):
         buffers = device_buffers(device)
         self.sessions = {name: EngineSession(artifact.file(g["engine"]), self.runtime, buffers)
                          for name, g in artifact.manifest["graphs"].items()}
+        if self.head == "flow":
+            check_flow_loop(artifact, self.sessions)
         self.last_timing: dict[str, float] = {}
         self.decode_feeds = None
 

@@ -85,9 +85,10 @@ def io_signature(path: Path) -> dict:
 
 def calibration_feeds(vla: Any, family: Any, work: Path, graphs: dict[str, tuple[Path, int]],
                       observations: list[dict], threads: int) -> dict[str, list[dict]]:
-    """Per-graph input feeds for static calibration; decode inputs come from running the fp32
-    graphs' own greedy loop on the observations (the KV caches they will really see)."""
-    from ...runtime.onnxruntime_policy import OnnxGraphs
+    """Per-graph input feeds for static calibration: the processor's inputs of the first graph and,
+    for a graph run in a loop (a tokens head's decode, a flow head's denoise step), the inputs the
+    fp32 graphs' own loop feeds it on the observations (the KV caches and x_t it will really see)."""
+    from ...runtime.onnxruntime_policy import OnnxGraphs, loop_graphs
 
     family.save_processor(vla, work)
     processor = family.load_processor(work)
@@ -95,12 +96,14 @@ def calibration_feeds(vla: Any, family: Any, work: Path, graphs: dict[str, tuple
     (src_dir,) = {src.parent for src, _ in graphs.values()}
     fp32 = Artifact(src_dir, {"model": meta, "graphs": {n: {"file": src.name} for n, (src, _) in graphs.items()}})
     runner = OnnxGraphs(fp32, threads=threads, providers=["CPUExecutionProvider"])
-    first = "policy_step" if meta["head"] == "regression" else "prefill"
-    feeds: dict[str, list[dict]] = {first: [], "decode": []}
-    runner.decode_feeds = feeds["decode"]
+    first, looped = loop_graphs(meta)
+    feeds: dict[str, list[dict]] = {first: []}
+    if looped is not None:
+        feeds[looped] = []
+        runner.decode_feeds = feeds[looped]
     for obs in observations:
         f = processor([obs])
         feeds[first].append({i.name: f[i.name] for i in runner.sessions[first].get_inputs()})
-        if meta["head"] == "tokens":
+        if looped is not None:
             runner.predict(f)
     return feeds

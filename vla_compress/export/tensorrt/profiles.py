@@ -3,7 +3,9 @@ ONNX artifact recorded in artifact.json (`io`), e.g. ["batch", "text"] or ["batc
 
 Axis ranges: batch and text come from the config; a tokens head's KV-cache axis "past" spans
 the prefix lengths the prefill produces (its attention_mask output is ["batch", "text + 18"],
-evaluated at the text range) up to the prefix plus all but the last action token. Dims may be
+evaluated at the text range) up to the prefix plus all but the last action token. A flow head's
+keys/values axis (its `loop` record's `prefix_axis`, e.g. "prefix") is the prefix length the
+prefix graph produces, at the text range (the denoise step never grows it). Dims may be
 expressions of axes ("past + 1"); they are evaluated with + - * // on integers only.
 """
 
@@ -57,6 +59,15 @@ def axis_ranges(config: TensorRTExportConfig, manifest: dict) -> dict[str, Range
         n = int(manifest["model"]["action_tokens"])
         # decode step i (0-based) sees a past of prefix + i tokens, i < n - 1
         ranges["past"] = (lo, opt + (n - 1) // 2, hi + max(n - 2, 0))
+    loop = manifest["model"].get("loop") if manifest["model"].get("head") == "flow" else None
+    if loop is not None:
+        axis = loop["prefix_axis"]
+        out = next((o for o in io.get(loop["prefix"], {}).get("outputs", []) if o["name"] == axis["output"]), None)
+        if out is None:
+            raise ConfigError(f"the {loop['prefix']!r} graph has no {axis['output']!r} output to size the "
+                              f"{axis['name']!r} axis of the keys/values from")
+        ranges[axis["name"]] = tuple(eval_dim(out["shape"][axis["dim"]], {"batch": b, "text": t})
+                                     for b, t in zip(ranges["batch"], ranges["text"]))
     return ranges
 
 

@@ -1,16 +1,19 @@
 """What the exporters need of π0 / π0.5 (export/family.py's hooks) and their ONNX graphs.
 
-The artifact's graph, "policy_step", is the whole policy step with the Euler loop unrolled
-(num_inference_steps copies of the expert reading one prefix K/V computation):
-    pixel_values (B, N, 3, S, S), image_masks (B, N) bool, lang_tokens (B, T) int64,
-    lang_masks (B, T) bool, state (B, max_state_dim), noise (B, chunk, max_action_dim)
-    -> actions (B, chunk, action_dim), normalised
-The runtimes drive it as a regression head's single graph (head_meta "head": "regression" names
-that graph protocol; "policy_head": "flow" says what the network is): the ONNX runtime has no
-protocol yet for a loop over a denoise graph. `flow_graphs` builds that two-graph form —
-"prefix" (images, tokens, state -> per-layer keys/values and the prefix pad mask) and
-"denoise_step" (keys/values, pad, state, x_t, t -> velocity) — with `euler` as the loop a runtime
-runs around it; tests/models/pi0 check it end to end in ONNX Runtime.
+The artifact holds two graphs, with the flow-matching Euler loop outside them (head_meta "head":
+"flow" names that graph protocol; its "loop" record says how to run it):
+    prefix        pixel_values (B, N, 3, S, S), image_masks (B, N) bool, lang_tokens (B, T) int64,
+                  lang_masks (B, T) bool, state (B, max_state_dim)
+                  -> prefix_pad (B, P) bool, present.{i}.key / present.{i}.value (B, P, kv_heads, head_dim)
+    denoise_step  prefix_pad, state, x_t (B, chunk, max_action_dim), t (B,) float32,
+                  past_key_values.{i}.key / .value (the prefix's present.*) -> velocity (B, chunk, max_action_dim)
+(π0.5 reads its state in the prompt: its denoise_step takes `state` but ignores it.) A runtime runs prefix
+once per policy step, then `integration_steps` Euler steps from the noise input at t = 1:
+x <- x + dt v(x, t), dt = -1/N, t = 1, 1 - 1/N, ..., 1/N (float32, the times LeRobot's loop uses),
+and returns x[..., :action_dim], normalised. A checkpoint compressed by the denoise-steps pass (a
+smaller num_inference_steps) records its own N: the graphs do not depend on it. The loop is the
+same on every backend (ONNX Runtime, OpenVINO, TensorRT per-graph engines: runtime/onnxruntime_policy.py),
+and examples/run_artifact.py runs it from artifact.json alone.
 The artifact's processor draws the start noise from a torch.Generator seeded with the model's
 `noise_seed` (pi0_runtime.json), the stream the torch adapter draws from.
 """
@@ -18,7 +21,7 @@ The artifact's processor draws the start noise from a torch.Generator seeded wit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -84,8 +87,27 @@ def _torch_outputs(vla: Any, observations: list[dict]) -> dict[str, np.ndarray]:
 
 def _head_meta(vla: Any) -> dict:
     c = vla.cfg
-    return {"family": vla.family, "head": "regression", "policy_head": "flow", "chunk_size": c.chunk_size,
-            "action_dim": c.action_dim, "integration_steps": c.num_inference_steps, "n_action_steps": c.n_action_steps}
+    n_layers = len(vla.backbone.layers)
+    return {"family": vla.family, "head": "flow", "policy_head": "flow", "chunk_size": c.chunk_size,
+            "action_dim": c.action_dim, "integration_steps": c.num_inference_steps, "n_action_steps": c.n_action_steps,
+            "num_layers": n_layers, "loop": flow_loop(c.num_inference_steps, n_layers)}
+
+
+def flow_loop(steps: int, n_layers: int) -> dict:
+    """The Euler loop around the two graphs, as data (artifact.json `model.loop`): what a runtime or an
+    integrator needs to reproduce sample_actions (modeling_pi0.py) exactly."""
+    dt = -1.0 / steps
+    carry = {"prefix_pad": "prefix_pad"}
+    carry.update({f"past_key_values.{i}.{kv}": f"present.{i}.{kv}" for i in range(n_layers) for kv in KV})
+    return {"prefix": "prefix", "step": "denoise_step", "steps": int(steps), "dt": dt,
+            # float32 as torch.full(..., 1.0 + k * dt, dtype=float32) rounds them; exact in JSON
+            "times": [float(np.float32(1.0 + k * dt)) for k in range(steps)],
+            "start": "noise", "x": "x_t", "t": "t", "velocity": "velocity", "carry": carry,
+            "prefix_axis": {"name": "prefix", "output": "prefix_pad", "dim": 1},
+            "rule": "run `prefix` once on the processor's inputs; x = the `start` input (float32); for each t in "
+                    "`times`: x = x + float32(dt) * `step`(x_t = x, t = t repeated over the batch (float32), each "
+                    "`carry` input = that prefix output, other inputs from the processor) -> `velocity`; "
+                    "actions = x[:, :, :action_dim]"}
 
 
 def _examples(vla: Any, n: int = 2) -> list[dict]:
@@ -138,7 +160,7 @@ def describe_processor(vla: Any) -> dict:
 
 def export_family() -> ExportFamily:
     return ExportFamily(_save_processor, Pi0ArtifactProcessor, _torch_outputs, _head_meta, _examples,
-                        onnx_graphs=pi0_graphs, describe=describe_processor)
+                        onnx_graphs=flow_graphs, describe=describe_processor)
 
 
 def _example_with_noise(vla: Any, example: dict) -> dict:
@@ -168,28 +190,9 @@ def _input_shapes(vla: Any) -> dict:
     return shapes
 
 
-def pi0_graphs(vla: Any, example: dict) -> list[GraphSpec]:
-    """The artifact's single "policy_step" graph (Euler loop unrolled)."""
-    from torch import nn
-
-    class PolicyStep(nn.Module):
-        def __init__(self, vla):
-            super().__init__()
-            self.vla = vla
-
-        def forward(self, pixel_values, image_masks, lang_tokens, lang_masks, state, noise):
-            inputs = {"pixel_values": pixel_values, "image_masks": image_masks, "lang_tokens": lang_tokens,
-                      "lang_masks": lang_masks, "state": state}
-            return self.vla.sample_actions(inputs, noise)[:, :, : self.vla.cfg.action_dim]
-
-    example = _example_with_noise(vla, example)
-    step = PolicyStep(vla).eval()
-    return [GraphSpec("policy_step", step, tuple(example[k] for k in INPUTS), list(INPUTS), ["actions"],
-                      _input_shapes(vla), weight_bytes(step))]
-
-
 def flow_graphs(vla: Any, example: dict) -> list[GraphSpec]:
-    """The two-graph form: "prefix" -> present.{i}.key/value + prefix_pad, "denoise_step" -> velocity."""
+    """The artifact's graphs (module docstring): "prefix" -> prefix_pad + present.{i}.key/value, and
+    "denoise_step" -> velocity; the names agree with `flow_loop`."""
     import torch
     from torch import nn
     from torch.export import Dim
@@ -233,17 +236,9 @@ def flow_graphs(vla: Any, example: dict) -> list[GraphSpec]:
     step_shapes = {"prefix_pad": {0: batch, 1: plen}, "state": {0: batch}, "x_t": {0: batch}, "t": {0: batch},
                    "kv": tuple(kv_shape for _ in kv)}
     return [GraphSpec("prefix", prefix, args, INPUTS[:-1], ["prefix_pad", *present],
-                      {k: shapes[k] for k in INPUTS[:-1]}, weight_bytes(vla.vision_encoder) + weight_bytes(vla.backbone)),
+                      {k: shapes[k] for k in INPUTS[:-1]},
+                      weight_bytes(vla.vision_encoder) + weight_bytes(vla.projector) + weight_bytes(vla.backbone)),
             GraphSpec("denoise_step", step, (pad, example["state"], example["noise"], t, *kv),
                       ["prefix_pad", "state", "x_t", "t", *past], ["velocity"], step_shapes,
-                      weight_bytes(vla.action_head), extra={"num_steps": vla.cfg.num_inference_steps})]
-
-
-def euler(velocity: Callable[[np.ndarray, np.ndarray], np.ndarray], noise: np.ndarray, steps: int) -> np.ndarray:
-    """The loop a runtime runs around "denoise_step": t = 1, 1 - 1/N, ... (float32), x <- x + dt v."""
-    dt = -1.0 / steps
-    x = noise.astype(np.float32)
-    for step in range(steps):
-        t = np.full((x.shape[0],), 1.0 + step * dt, dtype=np.float32)
-        x = x + np.float32(dt) * velocity(x, t)
-    return x
+                      weight_bytes(vla.action_head) + (weight_bytes(vla.proprio_projector)
+                                                       if vla.proprio_projector is not None else 0))]
