@@ -224,21 +224,26 @@ def test_openvino_runs_the_same_loop(short_models, onnx_artifacts, observations,
     assert set(art.manifest["graphs"]) == {"prefix", "denoise_step"}
 
 
-@pytest.mark.parametrize("kind", KINDS)
-def test_tensorrt_artifact_is_an_engine_per_graph(short_models, observations, kind, tmp_path):
-    """No TensorRT here: both graphs are checked op by op against TensorRT's ONNX support, the keys/values
-    axis gets its profile range from the prefix graph's output, and the graphs TensorRT would build pass
+@pytest.mark.parametrize("kind, precision", [("pi0", "fp16"), ("pi05", "fp16"), ("pi0", "int8")])
+def test_tensorrt_artifact_is_an_engine_per_graph(short_models, observations, kind, precision, tmp_path):
+    """No TensorRT here: both graphs are checked op by op against TensorRT's ONNX support (int8: with
+    symmetric Q/DQ calibrated on the fp32 loop, denoise_step on its own inputs), the keys/values axis
+    gets its profile range from the prefix graph's output, and the graphs TensorRT would build pass
     parity in ONNX Runtime (status unvalidated: no engine was checked)."""
     from vla_compress.export.tensorrt import TensorRTExportConfig
 
     vla = short_models[kind]
-    art = export(vla, TensorRTExportConfig(build_engine="never"), tmp_path / "fp16", example=observations[:2])
+    art = export(vla, TensorRTExportConfig(precision=precision, build_engine="never"), tmp_path / precision,
+                 example=observations[:2], calibration=observations)
     validate(art, vla, observations[:2])
     m = art.manifest
     for graph in ("prefix", "denoise_step"):
         ready = m["readiness"][graph]
         assert ready["ok"] and not ready["problems"], (graph, ready)
         assert m["graphs"][graph]["engine"] == f"{graph}.engine"
+        assert (ready["qdq"].get("int8", 0) > 0) == (precision == "int8"), graph
+    # the time embedding's float64 (LeRobot's) is computed in float32 by TensorRT: said, not refused
+    assert any("float64" in w for w in m["readiness"]["denoise_step"]["warnings"])
     length = 2 * 4 + (12 if kind == "pi0" else 64)
     assert m["profiles"]["axes"]["prefix"] == [length] * 3
     assert m["profiles"]["graphs"]["denoise_step"]["past_key_values.0.key"]["max"] == [8, length, 1, 16]

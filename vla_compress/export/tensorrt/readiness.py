@@ -54,7 +54,7 @@ SUGGESTIONS = {
 }
 
 # ONNX TensorProto element types
-_INT8, _UINT8, _INT32, _INT4, _FP8_E4M3FN = 3, 2, 6, 22, 17
+_INT8, _UINT8, _INT32, _INT4, _FP8_E4M3FN, _DOUBLE = 3, 2, 6, 22, 17, 11
 QDQ_TYPES = {_INT8: "int8", _FP8_E4M3FN: "fp8", _INT4: "int4"}
 _TYPE_NAMES = {_INT8: "INT8", _UINT8: "UINT8", _INT32: "INT32", _INT4: "INT4", _FP8_E4M3FN: "FP8E4M3FN", 4: "UINT16",
                5: "INT16", 21: "UINT4", 18: "FP8E4M3FNUZ", 19: "FP8E5M2", 20: "FP8E5M2FNUZ"}
@@ -121,6 +121,7 @@ def check_graph(path: str | Path, precision: str | None = None) -> ReadinessRepo
             report.add(node.op_type, name, SUGGESTIONS.get(node.op_type, "not supported by TensorRT 10's ONNX parser"))
     _check_qdq(model, report)
     _check_inputs(model, report)
+    _check_double(model, report)
     if precision is None:
         report.precision = "fp8" if report.qdq.get("fp8") else "int8" if report.qdq.get("int8") else "fp16"
     _check_precision(report)
@@ -215,6 +216,21 @@ def _check_inputs(model, report: ReadinessReport) -> None:
             if not d.dim_param and d.dim_value <= 0:
                 report.add("input", v.name, f"axis {i} is dynamic without a name: no optimization profile can be "
                                             "derived for it (export with named dynamic axes)")
+
+
+def _check_double(model, report: ReadinessReport) -> None:
+    """TensorRT has no float64: its ONNX parser casts DOUBLE weights and Cast-to-DOUBLE nodes down to
+    float32 (e.g. a flow head's sinusoidal time embedding, computed in float64 in torch): worth knowing, not a
+    build failure. A float64 graph input or output cannot be bound at all."""
+    casts = sum(1 for n in model.graph.node if n.op_type == "Cast"
+                and any(a.name == "to" and a.i == _DOUBLE for a in n.attribute))
+    consts = sum(1 for t in _constants(model).values() if t.data_type == _DOUBLE)
+    if casts or consts:
+        report.warnings.append(f"float64 computation ({casts} Cast to DOUBLE, {consts} DOUBLE constants): TensorRT's "
+                               "parser computes it in float32")
+    for v in (*model.graph.input, *model.graph.output):
+        if v.type.tensor_type.elem_type == _DOUBLE:
+            report.add("io", v.name, "a float64 graph input/output: TensorRT has no DOUBLE tensors")
 
 
 def _check_precision(report: ReadinessReport) -> None:
