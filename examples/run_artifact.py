@@ -43,6 +43,8 @@ class ArtifactRunner:
         self.proc, self.model = self.manifest["processor"], self.manifest["model"]
         if self.proc.get("version") != 1:
             raise ValueError(f"{root}: processor description version {self.proc.get('version')} is not 1")
+        if self.model.get("head") == "flow" and not isinstance(self.model.get("loop"), dict):
+            raise ValueError(f"{root}: a flow head's artifact.json needs model.loop (how to run its Euler loop)")
         sess = self.manifest.get("session", {})
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads

@@ -169,6 +169,22 @@ def test_eval_dim():
         eval_dim("__import__('os')", {})
 
 
+def test_flow_profiles_size_the_keys_values_from_the_prefix_graph():
+    """A flow head's keys/values axis spans the prefix lengths its prefix graph produces over the text
+    range (a prompt padded to the longest: text + image tokens), and a missing output is a clear error."""
+    from vla_compress.export.tensorrt.profiles import axis_ranges
+
+    loop = {"prefix": "prefix", "step": "denoise_step",
+            "prefix_axis": {"name": "prefix", "output": "prefix_pad", "dim": 1}}
+    manifest = {"model": {"head": "flow", "loop": loop},
+                "io": {"prefix": {"outputs": [{"name": "prefix_pad", "shape": ["batch", "text + 64"]}]}}}
+    config = TensorRTExportConfig(opt_text=20, max_text=48)
+    assert axis_ranges(config, manifest)["prefix"] == (65, 84, 112)
+    manifest["io"]["prefix"]["outputs"][0]["name"] = "pad"
+    with pytest.raises(ConfigError, match="'prefix' graph has no 'prefix_pad' output"):
+        axis_ranges(config, manifest)
+
+
 class _FakeTensorRT:
     """A stand-in for the `tensorrt` module with TensorRT 10's Python API names, recording what the
     builder is asked to do. It checks build_engine.py's orchestration (which flags, which profile
