@@ -7,7 +7,9 @@ DynamicCache and symbolic batch/text/past axes as they are.
 
 Artifact layout (one directory):
     artifact.json                    the manifest (see export/artifact.py)
-    policy_step.onnx                 regression head; or prefill.onnx + decode.onnx (tokens head)
+    policy_step.onnx                 regression head; or prefill.onnx + decode.onnx (tokens head),
+                                     or prefix.onnx + denoise_step.onnx (flow head: the Euler loop,
+                                     artifact.json model.loop, runs in the runtime)
     *.onnx.data                      weights, only when the model is large (external data)
     config.json tokenizer.json dataset_statistics.json   the processor pieces
 """
