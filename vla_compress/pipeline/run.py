@@ -200,8 +200,11 @@ class Pipeline:
         return evaluate_sequentially(names, lambda n, first, count: one(n, (first, count)), plan,
                                      b["max_success_drop"], b["confidence"])
 
-    def _stage_passes(self, cal_key: str) -> dict:
+    def _stage_passes(self, cal_key: str, passes: list | None = None, stage: str = "passes") -> dict:
+        """Apply `passes` (default: the recipe's) to a fresh copy of the checkpoint, as stage `stage`."""
         from ..passes.base import TEACHER
+
+        passes = self.recipe.passes if passes is None else passes
 
         def fn(work: Path) -> dict:
             from ..models import load_vla
@@ -210,13 +213,13 @@ class Pipeline:
             from ..passes.runner import apply_passes
 
             vla = load_vla(self.checkpoint, allow_pickle=self.allow_pickle)  # a fresh copy: passes work in place
-            teacher = self.baseline_vla() if any(TEACHER in p.needs() for p in self.recipe.passes) else None
+            teacher = self.baseline_vla() if any(TEACHER in p.needs() for p in passes) else None
             ctx = PassContext(calibration=calibration_dataset(vla, self.observations("calibration")),
                               teacher=teacher, seed=self.recipe.calibration["seed"],
                               training=self.calibration_root(), held_out=self.observations("validation"))
-            vla = apply_passes(vla, self.recipe.passes, ctx)
+            vla = apply_passes(vla, passes, ctx)
             vla.save_pretrained(work / "checkpoint")
-            record_disk_sizes(vla, len(self.recipe.passes), self.checkpoint, work / "checkpoint")
+            record_disk_sizes(vla, len(passes), self.checkpoint, work / "checkpoint")
             from ..passes.runner import compare_models
 
             reload = load_vla(work / "checkpoint")
@@ -228,12 +231,15 @@ class Pipeline:
             return {"checkpoint": "checkpoint", "log": vla.compression_log, "reload": check,
                     "vs_baseline": vs_baseline}
 
-        material = {"checkpoint": self.ckpt_key, "passes": [p.to_dict() for p in self.recipe.passes],
+        material = {"checkpoint": self.ckpt_key, "passes": [p.to_dict() for p in passes],
                     "calibration": cal_key, "log": 2}  # log 2: fidelity on held-out frames, sizes on disk
-        return self.run_.stage("passes", f"apply {len(self.recipe.passes)} pass(es)", material, fn)
+        return self.run_.stage(stage, f"apply {len(passes)} pass(es)", material, fn)
 
-    def _stage_export(self, cfg: Any, source_path: Path, source_key: str, cal_key: str) -> dict:
-        name = export_variant_name(cfg)
+    def _stage_export(self, cfg: Any, source_path: Path, source_key: str, cal_key: str,
+                      name: str | None = None) -> dict:
+        """Export `source_path` per `cfg` and validate parity, as stage `export-<name>` (default name:
+        `<format>-<precision>`)."""
+        name = name or export_variant_name(cfg)
 
         def fn(work: Path) -> dict:
             from ..export.base import ExportInputs
