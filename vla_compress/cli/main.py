@@ -286,6 +286,9 @@ main.add_command(export)
 from .sweep_cmd import sweep  # noqa: E402
 main.add_command(sweep)
 
+from .search_cmd import search  # noqa: E402
+main.add_command(search)
+
 from .pipeline_cmd import compress, demo, recipes, report  # noqa: E402
 for _cmd in (compress, demo, report, recipes):
     main.add_command(_cmd)

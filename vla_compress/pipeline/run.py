@@ -268,15 +268,20 @@ class Pipeline:
                                material, fn)
 
     # --- the whole run -------------------------------------------------------------------------
-    def run(self) -> dict:
-        """Run (or resume) every stage; returns the manifest (with `verdict`)."""
+    def _begin(self) -> tuple[float, dict, str]:
+        """Mark the run running and do the shared first stages: (start time, checkpoint info, the
+        calibration stage's key)."""
         t0 = time.perf_counter()
-        m = self.run_.manifest
-        m["status"] = "running"
+        self.run_.manifest["status"] = "running"
         self.run_.save()
         info = self._stage_checkpoint()
         self._stage_calibration()
-        cal_key = self.run_.stage_key("calibration-data")
+        return t0, info, self.run_.stage_key("calibration-data")
+
+    def run(self) -> dict:
+        """Run (or resume) every stage; returns the manifest (with `verdict`)."""
+        t0, info, cal_key = self._begin()
+        m = self.run_.manifest
         ckpt_path = self.checkpoint
         variants: dict[str, Variant] = {"baseline": Variant("checkpoint", "torch", str(ckpt_path), path=str(ckpt_path),
                                                             key=self.run_.stage_key("checkpoint"))}

@@ -152,7 +152,42 @@ def build_view(m: dict) -> dict:
         "manifest_json": json.dumps({k: v for k, v in m.items() if k not in ("evaluations",)}, indent=1,
                                     sort_keys=True, default=str),
         "tasks": tasks,
+        "search": search_view(m, colours) if m.get("search") else None,
     }
+
+
+def search_view(m: dict, colours: dict) -> dict:
+    """The search section: every candidate (fidelity, latency here and on the device, budget, closed
+    loop) and the frontier of closed-loop success vs estimated device latency, with the budget."""
+    s, evals = m["search"], m.get("evaluations") or {}
+    gates = (m.get("verdict") or {}).get("gates") or {}
+    est = {n: next((r for r in e.get("rows", []) if not r.get("error")), None)
+           for n, e in ((m.get("profile") or {}).get("estimated") or {}).items()}
+    rows = []
+    for r in s["candidates"]:
+        g = gates.get(r["name"])
+        rows.append({**r, "cuts_text": ", ".join(r["cuts"]) or "none",
+                     "fid": f"{r['fidelity']['action_l1']:.4f}" if r.get("fidelity") else "–",
+                     "here": _fmt_ms(r.get("measured_p50_ms")), "device": _fmt_ms(r.get("estimated_p50_ms")),
+                     "range": "–" if not r.get("estimated_range_ms") else
+                     f"{_fmt_ms(r['estimated_range_ms'][0])}–{_fmt_ms(r['estimated_range_ms'][1])}",
+                     "loop": (f"{g['verdict']}: {g['variant_rate']:.1%} vs {g['baseline_rate']:.1%}, "
+                              f"Δ {g['difference']:+.1%} after {g['episodes']} pairs") if g else "–",
+                     "winner": r["name"] == s.get("winner")})
+    points = []
+    for name, ev in evals.items():
+        e = est.get(name)
+        if not e:
+            continue
+        lo, hi = ev["pooled"]["ci95"]
+        points.append({"label": name, "x": e["p50_ms"], "y": ev["mean_success"], "lo": lo, "hi": hi,
+                       "colour": colours.get(name, plots.colour(len(points)))})
+    b = s["budget"]
+    line = b.get("max_latency_ms")
+    tgt = (m.get("profile") or {}).get("target") or {}
+    return {**s, "rows": rows, "frontier": plots.scatter_pareto(
+        points, f"estimated latency per policy step on {tgt.get('hardware')} (ms, p50)", "MetaWorld success",
+        x_line=line, x_line_label=f"budget {line} ms" if line else "")}
 
 
 def pass_row(entry: dict) -> dict:

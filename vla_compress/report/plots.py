@@ -32,13 +32,15 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return sorted(front, key=lambda i: points[i][0])
 
 
-def scatter_pareto(points: list[dict], x_label: str, y_label: str, width: int = 640, height: int = 360) -> str:
-    """points: {label, x, y, lo, hi, colour}; y in [0, 1] with an error bar lo..hi; x >= 0."""
+def scatter_pareto(points: list[dict], x_label: str, y_label: str, width: int = 640, height: int = 360,
+                   x_line: float | None = None, x_line_label: str = "") -> str:
+    """points: {label, x, y, lo, hi, colour}; y in [0, 1] with an error bar lo..hi; x >= 0. `x_line`:
+    a dashed vertical line (a latency budget) labelled `x_line_label`."""
     if not points:
         return "<p class='muted'>No variant has both a latency and a success rate.</p>"
     ml, mr, mt, mb = 60, 20, 20, 50
     w, h = width - ml - mr, height - mt - mb
-    xmax = max(p["x"] for p in points) * 1.15 or 1.0
+    xmax = max([p["x"] for p in points] + ([x_line] if x_line else [])) * 1.15 or 1.0
 
     def sx(x: float) -> float:
         return ml + w * x / xmax
@@ -57,6 +59,10 @@ def scatter_pareto(points: list[dict], x_label: str, y_label: str, width: int = 
                f"<line x1='{ml}' x2='{ml}' y1='{mt}' y2='{mt + h}' class='axis'/>")
     out.append(f"<text x='{ml + w / 2}' y='{height - 8}' text-anchor='middle'>{escape(x_label)}</text>"
                f"<text transform='translate(14,{mt + h / 2}) rotate(-90)' text-anchor='middle'>{escape(y_label)}</text>")
+    if x_line:
+        out.append(f"<line x1='{sx(x_line):.1f}' x2='{sx(x_line):.1f}' y1='{mt}' y2='{mt + h}' class='budget' "
+                   f"stroke='#b00' stroke-dasharray='5,4'/><text x='{sx(x_line) + 4:.1f}' y='{mt + 12}' "
+                   f"class='label'>{escape(x_line_label)}</text>")
     front = pareto_front([(p["x"], p["y"]) for p in points])
     if len(front) > 1:
         path = " ".join(f"{sx(points[i]['x']):.1f},{sy(points[i]['y']):.1f}" for i in front)
