@@ -78,6 +78,42 @@ def test_ray_matches_local_and_reports_progress(ray_ex, local_result, checkpoint
     assert ex.lost == 0 and not ex.started  # it joined the fixture's cluster and leaves it running
 
 
+def _many(checkpoint: str, tiny: str, executor) -> list[dict]:
+    from vla_compress.evaluate.rollout import evaluate_many
+
+    calls = []
+    out = evaluate_many([PolicySpec("torch", checkpoint), PolicySpec("torch", tiny)], "metaworld-mt10", TASKS,
+                        EPISODES, threads_per_worker=1, max_steps=MAX_STEPS, executor=executor,
+                        on_episode=lambda i, r, done, total: calls.append(i))
+    assert sorted(calls) == [0] * 4 + [1] * 4
+    return out
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_policies_evaluated_together_match_separate_evaluations(local_result, checkpoint, tiny_checkpoints,
+                                                                workers):
+    tiny = str(tiny_checkpoints["regression"])
+    a, b = _many(checkpoint, tiny, LocalExecutor(workers))
+    assert outcomes(a) == outcomes(local_result)
+    assert outcomes(b) == outcomes(run(tiny, workers=1))
+    assert a["evaluated_with"] == 2 and a["policy"]["path"] == checkpoint and b["policy"]["path"] == tiny
+
+
+def test_ray_evaluates_policies_together_as_local_does(ray_ex, local_result, checkpoint, tiny_checkpoints):
+    tiny = str(tiny_checkpoints["regression"])
+    a, b = _many(checkpoint, tiny, ray_ex)
+    assert outcomes(a) == outcomes(local_result) and outcomes(b) == outcomes(run(tiny, workers=1))
+
+
+def test_policies_together_need_one_thread_count(checkpoint):
+    from vla_compress.evaluate.executor import Batch
+
+    suite = {"name": "metaworld-mt10", "tasks": TASKS}
+    batches = [Batch(PolicySpec("torch", checkpoint), suite, t, (("reach-v3", 0),)) for t in (1, 2)]
+    with pytest.raises(ConfigError, match="same threads per worker"):
+        list(LocalExecutor(1).map_many(batches))
+
+
 def test_killed_actor_is_retried_not_failed(ray_cluster, ray_ex, local_result, checkpoint):
     ex = ray_ex
     killed = []

@@ -108,18 +108,32 @@ def test_interrupted_run_resumes(tiny_checkpoints, recipe_file, tmp_path, monkey
     shutil.rmtree(run / "stages" / "profile")
     (run / "manifest.json").write_text(json.dumps(m))
     calls = []
-    real = Pipeline._stage_eval
+    real = Pipeline._evaluate_together
 
-    def spy(self, variant, *a, **k):
-        calls.append(variant)
-        return real(self, variant, *a, **k)
+    def spy(self, names, *a, **k):
+        calls.append(list(names))
+        return real(self, names, *a, **k)
 
-    monkeypatch.setattr(Pipeline, "_stage_eval", spy)
+    monkeypatch.setattr(Pipeline, "_evaluate_together", spy)
     Pipeline(tiny_checkpoints["regression"], load_recipe(recipe_file), run).run()
     stages = _manifest(run)["stages"]
     assert stages["eval-onnx-fp32"]["cached"] is False and stages["profile"]["cached"] is False
     assert all(stages[n]["cached"] for n in ("checkpoint", "calibration-data", "passes", "export-onnx-fp32",
                                              "eval-baseline", "eval-compressed"))
+    assert calls == [["onnx-fp32"]]  # only the evaluation that was lost ran again
+
+
+def test_variants_are_evaluated_together_with_the_outcomes_of_separate_runs(finished_run, tiny_checkpoints):
+    from vla_compress.evaluate.rollout import PolicySpec, evaluate
+
+    m = _manifest(finished_run)
+    assert sorted(m["stages"]["eval-baseline"]["together_with"]) == ["eval-compressed", "eval-onnx-fp32"]
+    alone = evaluate(PolicySpec("torch", str(tiny_checkpoints["regression"])), "metaworld-mt10", ["drawer-close-v3"],
+                     1, threads_per_worker=None, max_steps=8)
+    together = json.loads((finished_run / "stages" / "eval-baseline" / "result.json").read_text())
+    keep = ("task", "seed", "success", "steps", "inferences")
+    assert [{k: e[k] for k in keep} for e in together["episodes"]] == [{k: e[k] for k in keep}
+                                                                        for e in alone["episodes"]]
 
 
 def test_report_command_escapes_recipe_strings(finished_run, tmp_path):

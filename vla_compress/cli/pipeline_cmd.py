@@ -51,9 +51,10 @@ class _RichHooks:
                 self.progress.start()
             self.bars[name] = self.progress.add_task(f"  eval {name}", total=total, rate="-")
         self.progress.update(self.bars[name], completed=done, rate=f"{successes / done:.0%}")
-        if done == total:
-            self.progress.stop()
+        if done == total:  # variants evaluated together have a bar each: the display stops with the last
             self.progress.remove_task(self.bars.pop(name))
+            if not self.bars:
+                self.progress.stop()
 
 
 def _run(checkpoint: Path, profile: str, out: Path, overrides: tuple[str, ...], allow_pickle: bool) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol
 
@@ -42,6 +42,11 @@ class Executor(Protocol):
                      jobs: Iterable[Job]) -> Iterator[EpisodeResult]:
         """One EpisodeResult per job, in completion order."""
 
+    def map_many(self, batches: list["Batch"]) -> Iterator[tuple[int, EpisodeResult]]:
+        """Several policies' episodes at once on the same workers: (batch index, EpisodeResult) in
+        completion order. Jobs are interleaved across the batches; a worker builds each policy it
+        meets once and keeps only the policies of this call. Every batch names the same threads."""
+
     def close(self) -> None:
         """Release workers and any cluster this executor started."""
 
@@ -50,6 +55,52 @@ class Executor(Protocol):
 
 
 _WORKER: dict[str, Any] = {}  # the Pool worker's EpisodeWorker (one per process)
+_WORKERS: dict[str, EpisodeWorker] = {}  # map_many: the Pool worker's EpisodeWorkers, by policy key
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One policy's episodes in a map_many call."""
+
+    spec: PolicySpec
+    suite_args: dict
+    threads: int
+    jobs: tuple[Job, ...]
+
+    @property
+    def key(self) -> str:
+        return json.dumps([asdict(self.spec), self.suite_args, self.threads], sort_keys=True, default=str)
+
+
+def interleave(batches: list[Batch]) -> list[tuple[int, Job]]:
+    """(batch index, job), one job of every batch in turn, so every policy's episodes advance together."""
+    out, longest = [], max((len(b.jobs) for b in batches), default=0)
+    for i in range(longest):
+        out.extend((bi, b.jobs[i]) for bi, b in enumerate(batches) if i < len(b.jobs))
+    return out
+
+
+def same_threads(batches: list[Batch]) -> int:
+    threads = {b.threads for b in batches}
+    if len(threads) > 1:  # torch's and OpenMP's thread pools are per process: one count per worker
+        raise ConfigError(f"policies evaluated together must use the same threads per worker, got {sorted(threads)}")
+    return threads.pop() if threads else 1
+
+
+def run_one_of(key: str, spec: PolicySpec, suite_args: dict, threads: int, keep: tuple[str, ...],
+               workers: dict[str, EpisodeWorker], task: str, seed: int) -> EpisodeResult:
+    """An episode of the policy `key`, built on first use into `workers`; policies not in `keep` are
+    dropped first (a worker holds only the policies of the current call)."""
+    for k in [k for k in workers if k not in keep]:
+        del workers[k]
+    if key not in workers:
+        workers[key] = EpisodeWorker(spec, suite_args, threads)
+    return workers[key].run(task, seed)
+
+
+def _run_any(args: tuple) -> tuple[int, EpisodeResult]:
+    index, key, spec, suite_args, threads, keep, task, seed = args
+    return index, run_one_of(key, spec, suite_args, threads, keep, _WORKERS, task, seed)
 
 
 def _init_worker(spec: PolicySpec, suite_args: dict, threads: int) -> None:
@@ -84,6 +135,21 @@ class LocalExecutor:
         ctx = mp.get_context("spawn")
         with ctx.Pool(self.workers, initializer=_init_worker, initargs=(spec, suite_args, threads)) as pool:
             yield from pool.imap_unordered(_run_job, jobs)
+
+    def map_many(self, batches: list[Batch]) -> Iterator[tuple[int, EpisodeResult]]:
+        threads = same_threads(batches)
+        keys = tuple(b.key for b in batches)
+        calls = [(i, keys[i], batches[i].spec, batches[i].suite_args, threads, keys, *job)
+                 for i, job in interleave(batches)]
+        if not calls:
+            return
+        if self.workers <= 1:
+            workers: dict[str, EpisodeWorker] = {}
+            for i, key, spec, suite_args, th, keep, task, seed in calls:
+                yield i, run_one_of(key, spec, suite_args, th, keep, workers, task, seed)
+            return
+        with mp.get_context("spawn").Pool(self.workers) as pool:
+            yield from pool.imap_unordered(_run_any, calls)
 
     def close(self) -> None:
         pass

@@ -1,10 +1,12 @@
 """The Ray executor: episodes on Ray actors, on a local cluster or an existing one.
 
-Each actor is one worker: it builds its policy once from the artifact path (as the local executor's
-processes do), with torch / OpenMP threads pinned, and runs one episode per call. The driver keeps
-one job in flight per actor and hands the next job to whichever actor finishes first. The actors
-outlive one evaluation: the next evaluation of the same policy (a sequential round, a rerun) reuses
-them; another policy replaces them; close() ends them.
+Each actor is one worker: it builds each policy it runs once from the artifact path (as the local
+executor's processes do), with torch / OpenMP threads pinned, and runs one episode per call. The
+driver keeps one job in flight per actor and hands the next job to whichever actor finishes first.
+Several policies can be evaluated at once (map_many: a compress run's variants share the actors,
+their jobs interleaved); an actor keeps only the policies of the current call. The actors outlive
+one evaluation: the next one (a sequential round, a rerun) reuses them and the policies they built;
+close() ends them.
 
 A lost worker (the actor or its node died) is not a failure of the policy: its episode is re-run on
 a fresh actor, and after `max_retries` losses of the same episode the evaluation stops with an
@@ -21,13 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict
 from collections import deque
 from typing import Any, Iterable, Iterator
 
 from ..errors import ExecutorError, VLACompressError
 from ..notices import ENV_FLAG
 from .episode import EpisodeResult, EpisodeWorker, PolicySpec
+from .executor import Batch, interleave, same_threads
 
 Job = tuple[str, int]  # (task, seed), as executor.py names it
 
@@ -35,18 +37,20 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 class _EpisodeActor:
-    """Ray actor body: builds its EpisodeWorker on the first call (an error there is the policy's
-    and reaches the driver as that error, not as a lost actor)."""
+    """Ray actor body: one EpisodeWorker per policy it runs, built on first use (an error there is the
+    policy's and reaches the driver as that error, not as a lost actor); it keeps only the policies
+    of the current evaluation (`keep`)."""
 
-    def __init__(self, spec: PolicySpec, suite_args: dict, threads: int):
-        self.args = (spec, suite_args, threads)
-        self.worker: EpisodeWorker | None = None
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.workers: dict[str, EpisodeWorker] = {}
 
-    def run(self, task: str, seed: int) -> EpisodeResult | tuple[str, str, str]:
+    def run(self, key: str, spec: PolicySpec, suite_args: dict, keep: tuple[str, ...], task: str,
+            seed: int) -> EpisodeResult | tuple[str, str, str]:
+        from .executor import run_one_of
+
         try:
-            if self.worker is None:
-                self.worker = EpisodeWorker(*self.args)
-            return self.worker.run(task, seed)
+            return run_one_of(key, spec, suite_args, self.threads, keep, self.workers, task, seed)
         except VLACompressError as e:  # (class, message): these take their own arguments, so do not unpickle
             return (type(e).__module__, type(e).__qualname__, str(e))
 
@@ -88,7 +92,7 @@ class RayExecutor:
         self.max_retries = max_retries
         self.started = False  # this executor started (and will shut down) the Ray session
         self.actors: list[Any] = []  # the live actors (tests kill one); kept for the next evaluation
-        self._pool_key: str | None = None  # what they run: (spec, suite, threads)
+        self._pool_key: str | None = None  # their threads per worker
         self.lost = 0  # workers lost so far, over every evaluation of this executor
 
     def default_threads(self) -> int:
@@ -110,18 +114,19 @@ class RayExecutor:
             self.started = True
         return ray
 
-    def _pool(self, ray, spec: PolicySpec, suite_args: dict, threads: int):
-        """`workers` actors for this policy: the previous evaluation's when it ran the same policy the
-        same way (sequential rounds, repeated evaluations), else fresh ones. Returns new_actor()."""
+    def _pool(self, ray, threads: int):
+        """`workers` actors with `threads` threads each: the previous evaluation's (they keep the
+        policies they built: sequential rounds, repeated evaluations), else fresh ones. Returns
+        new_actor()."""
         env = {v: str(threads) for v in THREAD_VARS}
         if os.environ.get(ENV_FLAG):  # the CLI routes third-party notices to its log: so do the actors
             env[ENV_FLAG] = os.environ[ENV_FLAG]
         remote = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(_EpisodeActor)
 
         def new_actor():
-            return remote.options(runtime_env={"env_vars": env}).remote(spec, suite_args, threads)
+            return remote.options(runtime_env={"env_vars": env}).remote(threads)
 
-        key = json.dumps([asdict(spec), suite_args, threads], sort_keys=True, default=str)
+        key = json.dumps(threads)
         if key != self._pool_key:
             self._kill_actors()
             self.actors = [new_actor() for _ in range(self.workers)]
@@ -138,19 +143,27 @@ class RayExecutor:
 
     def map_episodes(self, spec: PolicySpec, suite_args: dict, threads: int,
                      jobs: Iterable[Job]) -> Iterator[EpisodeResult]:
-        queue: deque[Job] = deque(jobs)
+        for _, r in self.map_many([Batch(spec, suite_args, threads, tuple(jobs))]):
+            yield r
+
+    def map_many(self, batches: list[Batch]) -> Iterator[tuple[int, EpisodeResult]]:
+        queue: deque[tuple[int, Job]] = deque(interleave(batches))
         if not queue:
             return
+        threads = same_threads(batches)
+        keys = tuple(b.key for b in batches)
         ray = self._ray()
         lost_errors = _lost_worker_errors(ray)
-        new_actor = self._pool(ray, spec, suite_args, threads)
-        attempts: dict[Job, int] = {}
-        pending: dict[Any, tuple[int, Job]] = {}  # object ref -> (actor slot, job)
+        new_actor = self._pool(ray, threads)
+        attempts: dict[tuple[int, Job], int] = {}
+        pending: dict[Any, tuple[int, tuple[int, Job]]] = {}  # object ref -> (actor slot, (batch, job))
 
         def submit(slot: int) -> None:
             if queue:
-                job = queue.popleft()
-                pending[self.actors[slot].run.remote(*job)] = (slot, job)
+                item = queue.popleft()
+                b = batches[item[0]]
+                ref = self.actors[slot].run.remote(keys[item[0]], b.spec, b.suite_args, keys, *item[1])
+                pending[ref] = (slot, item)
 
         finished = False
         try:
@@ -158,18 +171,19 @@ class RayExecutor:
                 submit(slot)
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
-                slot, job = pending.pop(ref)
+                slot, item = pending.pop(ref)
                 try:
                     result = ray.get(ref)
                 except lost_errors as e:
                     self.lost += 1
-                    attempts[job] = attempts.get(job, 0) + 1
-                    if attempts[job] > self.max_retries:
+                    attempts[item] = attempts.get(item, 0) + 1
+                    if attempts[item] > self.max_retries:
+                        task, seed = item[1]
                         raise ExecutorError(
-                            f"episode {job[0]} seed {job[1]} lost its Ray worker {attempts[job]} times "
+                            f"episode {task} seed {seed} lost its Ray worker {attempts[item]} times "
                             f"(last: {type(e).__name__}); the cluster is losing workers, not the policy "
                             f"failing: check `ray status` and the nodes' logs") from None
-                    queue.appendleft(job)  # the same episode again, on a fresh actor
+                    queue.appendleft(item)  # the same episode again, on a fresh actor
                     ray.kill(self.actors[slot], no_restart=True)
                     self.actors[slot] = new_actor()
                     submit(slot)
@@ -180,7 +194,7 @@ class RayExecutor:
                 if isinstance(result, tuple):
                     raise _rebuild(*result)
                 submit(slot)
-                yield result
+                yield item[0], result
             finished = True
         finally:
             if not finished:  # an error, or the caller stopped early: no actor keeps a stale episode

@@ -53,6 +53,39 @@ def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[s
     return result
 
 
+def evaluate_many(specs: list[PolicySpec], suite_name: str = "metaworld-mt10", tasks: list[str] | None = None,
+                  episodes: int = 10, workers: int = 1, threads_per_worker: int | None = None,
+                  on_episode: Callable[[int, EpisodeResult, int, int], None] | None = None, first_episode: int = 0,
+                  executor: Executor | None = None, **suite_kwargs) -> list[dict]:
+    """Evaluate several policies at once on the same episodes (tasks and seeds), their jobs
+    interleaved on the executor's workers (Executor.map_many); one result per spec, each as
+    evaluate() returns it (its wall time is the shared one). on_episode(spec index, r, done, total)."""
+    from .executor import Batch
+
+    executor = executor or LocalExecutor(workers)
+    suite = get_suite(suite_name, tasks, **suite_kwargs)
+    seeds = {t: suite.seeds(t, episodes, first_episode) for t in suite.tasks}
+    jobs = tuple((t, seeds[t][i]) for i in range(episodes) for t in suite.tasks)
+    threads = threads_per_worker or executor.default_threads()
+    suite_args = {"name": suite_name, "tasks": list(suite.tasks), **suite_kwargs}
+    results: list[list[EpisodeResult]] = [[] for _ in specs]
+    t0 = time.time()
+    for i, r in executor.map_many([Batch(s, suite_args, threads, jobs) for s in specs]):
+        results[i].append(r)
+        if on_episode:
+            on_episode(i, r, len(results[i]), len(jobs))
+    wall = time.time() - t0
+    out = []
+    for spec, rs in zip(specs, results):
+        result = summarize(rs, suite, spec, episodes, executor.workers, wall, first_episode)
+        result["suite_options"] = dict(suite_kwargs)
+        result["evaluated_with"] = len(specs)  # policies sharing the workers (wall_s is theirs together)
+        if executor.kind != "local":
+            result["executor"] = executor.describe()
+        out.append(result)
+    return out
+
+
 def summarize(results: list[EpisodeResult], suite: Suite, spec: PolicySpec | None, episodes: int,
               workers: int, wall_s: float, first_episode: int = 0) -> dict:
     order = {(t, s): i for i, (t, s) in enumerate((t, s) for t in suite.tasks

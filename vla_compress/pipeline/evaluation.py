@@ -54,10 +54,15 @@ def sequential_gate_dict(g: SequentialGate, tasks: int) -> dict:
 
 
 def evaluate_sequentially(names: list[str], run_round: Callable[[str, int, int], dict], plan: RoundPlan,
-                          max_drop: float, confidence: float) -> tuple[dict[str, dict], dict[str, dict]]:
+                          max_drop: float, confidence: float,
+                          run_many: Callable[[list[str], int, int], dict[str, dict]] | None = None
+                          ) -> tuple[dict[str, dict], dict[str, dict]]:
     """Evaluate `names` ("baseline" first) in rounds until every other variant's gate decides or the
     cap is reached. `run_round(name, first_episode, episodes)` evaluates one round (cached by the
-    caller). Returns (merged evaluation per name, sequential gate record per variant)."""
+    caller); `run_many(names, first_episode, episodes)`, when given, evaluates a round of several
+    (the baseline and the undecided variants) together. Returns (merged evaluation per name,
+    sequential gate record per variant)."""
+    run_many = run_many or (lambda these, first, count: {n: run_round(n, first, count) for n in these})
     variants = [n for n in names if n != "baseline"]
     if not variants:  # nothing to gate: the baseline alone, at the cap
         return {"baseline": run_round("baseline", 0, plan.cap)}, {}
@@ -67,10 +72,11 @@ def evaluate_sequentially(names: list[str], run_round: Callable[[str, int, int],
         active = [n for n in variants if gates[n].verdict == "continue"]
         if not active:
             break
-        base = run_round("baseline", first, count)
+        got = run_many(["baseline", *active], first, count)
+        base = got["baseline"]
         rounds["baseline"].append(base)
         for n in active:
-            r = run_round(n, first, count)
+            r = got[n]
             rounds[n].append(r)
             gates[n].add(paired_in_order(base["episodes"], r["episodes"]))
     for g in gates.values():

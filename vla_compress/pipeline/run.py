@@ -137,20 +137,23 @@ class Pipeline:
         ev = self.recipe.evaluation
         return {k: ev[k] for k in ("suite", "tasks", "episodes", "max_steps")}
 
-    def _evaluate(self, name: str, spec: Any, first: int = 0, episodes: int | None = None) -> dict:
-        from ..evaluate.rollout import evaluate
+    def _evaluate_together(self, names: list[str], specs: list[Any], first: int = 0,
+                           episodes: int | None = None) -> list[dict]:
+        """Closed-loop evaluations of several policies at once on the run's executor (their episodes
+        interleaved on the same workers), one result per policy."""
+        from ..evaluate.rollout import evaluate_many
 
         ev = self.recipe.evaluation
-        succ = [0]
+        succ = [0] * len(names)
 
-        def on_episode(r, done, total):
-            succ[0] += r.success
-            self.hooks.episodes(name, done, total, succ[0])
+        def on_episode(i, r, done, total):
+            succ[i] += r.success
+            self.hooks.episodes(names[i], done, total, succ[i])
 
         extra = {"max_steps": ev["max_steps"]} if ev["max_steps"] else {}
-        return evaluate(spec, ev["suite"], ev["tasks"], episodes or ev["episodes"], ev["workers"],
-                        threads_per_worker=ev["threads_per_worker"], on_episode=on_episode, first_episode=first,
-                        executor=self._executor(), **extra)
+        return evaluate_many(specs, ev["suite"], ev["tasks"], episodes or ev["episodes"], ev["workers"],
+                             threads_per_worker=ev["threads_per_worker"], on_episode=on_episode, first_episode=first,
+                             executor=self._executor(), **extra)
 
     def _executor(self):
         """evaluation.executor, made once per run: a Ray cluster started for the run serves every
@@ -166,39 +169,53 @@ class Pipeline:
     def _stage_eval(self, variant: str, runtime: str, path: Path, upstream: str,
                     round_: tuple[int, int] | None = None) -> dict:
         """The closed-loop evaluation of one variant: all of it, or one (first episode, episodes) round."""
+        return self._stage_evals([(variant, runtime, path, upstream)], round_)[0]
+
+    def _stage_evals(self, items: list[tuple[str, str, Path, str]], round_: tuple[int, int] | None = None) -> list[dict]:
+        """The closed-loop evaluations of several variants ((name, runtime, path, upstream key) each),
+        all of them or one round, as one stage each; those not already recorded run together."""
         from ..evaluate.rollout import PolicySpec
         from .evaluation import round_material
 
-        def fn(work: Path) -> dict:
-            spec = PolicySpec(runtime, str(path.resolve()), {"threads": 1} if format_of(runtime) else {})
-            return self._evaluate(variant, spec, *(round_ or (0, None)))
+        entries, by_name = [], {}
+        for variant, runtime, path, upstream in items:
+            # the key names the runtime by its short spelling (`onnx`), as runs written before runtime
+            # names became canonical did, so that their evaluations stay cached
+            material = {"variant": upstream, "runtime": get_backend(runtime).short,
+                        "evaluation": round_material(self.recipe.evaluation, *round_) if round_
+                        else self._eval_material()}
+            name, what = f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})"
+            if round_:
+                name, what = f"{name}-from{round_[0]}", f"{what}, episodes {round_[0]}-{sum(round_) - 1} of every task"
+            entries.append((name, what, material))
+            by_name[name] = (variant, PolicySpec(runtime, str(Path(path).resolve()),
+                                                 {"threads": 1} if format_of(runtime) else {}))
 
-        # the key names the runtime by its short spelling (`onnx`), as runs written before runtime names
-        # became canonical did, so that their evaluations stay cached
-        material = {"variant": upstream, "runtime": get_backend(runtime).short,
-                    "evaluation": round_material(self.recipe.evaluation, *round_) if round_ else self._eval_material()}
-        name, what = f"eval-{variant}", f"closed-loop evaluation of {variant} ({runtime})"
-        if round_:
-            name, what = f"{name}-from{round_[0]}", f"{what}, episodes {round_[0]}-{sum(round_) - 1} of every task"
-        return self.run_.stage(name, what, material, fn)
+        def fn(works: list[tuple[str, Path]]) -> list[dict]:
+            todo = [by_name[n] for n, _ in works]
+            return self._evaluate_together([v for v, _ in todo], [s for _, s in todo], *(round_ or (0, None)))
+
+        return self.run_.stages_together(entries, fn)
 
     def _evaluate_all(self, variants: dict[str, Variant], names: list[str]) -> tuple[dict, dict]:
-        """(evaluation per variant, sequential gate records: {} for the fixed design), see evaluation.py."""
+        """(evaluation per variant, sequential gate records: {} for the fixed design), see evaluation.py.
+        The variants' evaluations (each round's, when sequential) run together on the executor."""
         seq = self.recipe.evaluation.get("sequential")
 
-        def one(name: str, round_: tuple[int, int] | None = None) -> dict:
-            v = variants[name]
-            return self._stage_eval(name, v.runtime, Path(v.path), v.key, round_)
+        def many(these: list[str], round_: tuple[int, int] | None = None) -> dict[str, dict]:
+            items = [(n, variants[n].runtime, Path(variants[n].path), variants[n].key) for n in these]
+            return dict(zip(these, self._stage_evals(items, round_)))
 
         if not seq:
-            return {n: one(n) for n in names}, {}
+            return many(names), {}
         from ..evaluate.sequential import RoundPlan
         from .evaluation import evaluate_sequentially
 
         plan = RoundPlan(seq["episodes_per_round"], self.recipe.evaluation["episodes"])
         b = self.recipe.budgets
-        return evaluate_sequentially(names, lambda n, first, count: one(n, (first, count)), plan,
-                                     b["max_success_drop"], b["confidence"])
+        return evaluate_sequentially(names, lambda n, first, count: many([n], (first, count))[n], plan,
+                                     b["max_success_drop"], b["confidence"],
+                                     run_many=lambda these, first, count: many(these, (first, count)))
 
     def _stage_passes(self, cal_key: str, passes: list | None = None, stage: str = "passes") -> dict:
         """Apply `passes` (default: the recipe's) to a fresh copy of the checkpoint, as stage `stage`."""
