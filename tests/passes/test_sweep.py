@@ -31,3 +31,48 @@ def test_sweep_scores_every_candidate(tiny_models):
 def test_unknown_kind_is_an_error(tiny_models):
     with pytest.raises(ConfigError, match="unknown sweep kind"):
         candidates(tiny_models["regression"], ("layer-drop", "magic"))
+
+
+def _rows_by_label(rows):
+    return {r["candidate"]: {k: v for k, v in r.items() if k != "wall_s"} for r in rows}
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_sweep_on_an_executor_scores_as_the_serial_sweep(tiny_checkpoints, kind):
+    """The candidates scored on 2 workers (spawned processes or Ray tasks on a 2-CPU local cluster),
+    each loading the checkpoint from its path, give the serial sweep's rows."""
+    from vla_compress.evaluate.executor import get_executor
+    from vla_compress.models import load_vla
+
+    if kind == "ray":
+        pytest.importorskip("ray", reason="ray is not installed (pip install 'vla-compress[ray]')")
+    path = tiny_checkpoints["regression"]
+    vla = load_vla(path)
+    obs = synthetic_observations(vla, 4, seed=0)
+    import torch
+
+    torch.set_num_threads(1)
+    serial = sweep(vla, obs[:2], obs[2:], kinds=("layer-drop", "width-prune"))
+    ex = get_executor(kind, 2)
+    try:
+        seen = []
+        parallel = sweep(vla, obs[:2], obs[2:], kinds=("layer-drop", "width-prune"), executor=ex,
+                         checkpoint=str(path), progress=lambda label, n, total: seen.append(n))
+    finally:
+        ex.close()
+    assert seen == list(range(1, len(serial) + 1))
+    a, b = _rows_by_label(serial), _rows_by_label(parallel)
+    assert a.keys() == b.keys()
+    for label in a:
+        assert a[label].keys() == b[label].keys()
+        for k, v in a[label].items():
+            assert b[label][k] == (pytest.approx(v, rel=1e-5, abs=1e-7) if isinstance(v, float) else v), (label, k)
+
+
+def test_a_sweep_on_an_executor_needs_the_checkpoint_path(tiny_models):
+    from vla_compress.evaluate.executor import LocalExecutor
+
+    vla = tiny_models["regression"]
+    obs = synthetic_observations(vla, 2, seed=0)
+    with pytest.raises(ConfigError, match="needs the checkpoint's path"):
+        sweep(vla, obs[:1], obs[1:], kinds=("layer-drop",), executor=LocalExecutor(2))

@@ -17,8 +17,12 @@ import click
 @click.option("--calibration-samples", default=16, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), help="Write the rows as JSON.")
 @click.option("--allow-pickle", is_flag=True, help="Allow unpickling .pt/.bin files you trust.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Who scores the candidates: local worker processes or Ray (pip install 'vla-compress[ray]').")
+@click.option("--workers", default=1, show_default=True, help="Workers scoring candidates (each loads the checkpoint).")
+@click.option("--ray-address", default=None, metavar="ADDR", help="Join this Ray cluster; implies --executor ray.")
 def sweep(checkpoint: Path, dataset: Path | None, kinds: str, samples: int, calibration_samples: int,
-          out: Path | None, allow_pickle: bool) -> None:
+          out: Path | None, allow_pickle: bool, executor: str, workers: int, ray_address: str | None) -> None:
     """Action error vs the original, parameters and FLOPs left, for every single cut: what is safe to prune?"""
     import tempfile
 
@@ -31,6 +35,9 @@ def sweep(checkpoint: Path, dataset: Path | None, kinds: str, samples: int, cali
     from ..passes.calibration import observations_from_lerobot
     from ..passes.sweep import sweep as run_sweep
 
+    from ..evaluate.executor import get_executor
+
+    ex = get_executor("ray" if ray_address else executor, workers, ray_address)  # Ray missing: a clear error first
     vla = load_vla(checkpoint, allow_pickle=allow_pickle)
     kind_list = tuple(k.strip() for k in kinds.split(",") if k.strip())
     console = Console()
@@ -48,9 +55,12 @@ def sweep(checkpoint: Path, dataset: Path | None, kinds: str, samples: int, cali
         calibration = observations_from_lerobot(dataset, calibration_samples, seed=2)
         with Progress(console=console, transient=True) as progress:
             bar = progress.add_task("sweep", total=None)
+            parallel = ex.kind != "local" or ex.workers > 1
             rows = run_sweep(vla, calibration, held_out, kind_list,
                              progress=lambda label, n, total: progress.update(bar, description=label, completed=n - 1,
-                                                                              total=total))
+                                                                              total=total),
+                             executor=ex if parallel else None, checkpoint=str(checkpoint), allow_pickle=allow_pickle)
+        ex.close()
     t = Table("candidate", "action L1 vs original", "max |Δ|", "params", "FLOPs", "state dict",
               title=f"sensitivity of {checkpoint} ({samples} held-out frames)")
     for r in rows:

@@ -20,7 +20,7 @@ import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..errors import ConfigError
 from .episode import EpisodeResult, EpisodeWorker, PolicySpec
@@ -46,6 +46,10 @@ class Executor(Protocol):
         """Several policies' episodes at once on the same workers: (batch index, EpisodeResult) in
         completion order. Jobs are interleaved across the batches; a worker builds each policy it
         meets once and keeps only the policies of this call. Every batch names the same threads."""
+
+    def map_calls(self, fn: Callable[[Any], Any], items: list) -> Iterator[Any]:
+        """fn(item) for every item on the workers (fn importable, items picklable), in completion
+        order (a sweep's candidates)."""
 
     def close(self) -> None:
         """Release workers and any cluster this executor started."""
@@ -150,6 +154,14 @@ class LocalExecutor:
             return
         with mp.get_context("spawn").Pool(self.workers) as pool:
             yield from pool.imap_unordered(_run_any, calls)
+
+    def map_calls(self, fn: Callable[[Any], Any], items: list) -> Iterator[Any]:
+        if self.workers <= 1 or len(items) <= 1:
+            for item in items:
+                yield fn(item)
+            return
+        with mp.get_context("spawn").Pool(min(self.workers, len(items))) as pool:
+            yield from pool.imap_unordered(fn, items)
 
     def close(self) -> None:
         pass

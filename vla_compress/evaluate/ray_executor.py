@@ -200,6 +200,23 @@ class RayExecutor:
             if not finished:  # an error, or the caller stopped early: no actor keeps a stale episode
                 self._kill_actors()
 
+    def map_calls(self, fn, items: list) -> Iterator[Any]:
+        """fn(item) as Ray tasks (one CPU each); a task whose worker died is re-run by Ray up to
+        max_retries times, an exception raised by fn is re-raised here as it was."""
+        if not items:
+            return
+        ray = self._ray()
+        self._kill_actors()  # idle episode actors would hold the CPUs these tasks need
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(fn)
+        pending = [remote.remote(item) for item in items]
+        while pending:
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            try:
+                yield ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                cause = getattr(e, "cause", None)
+                raise (cause if isinstance(cause, BaseException) else e) from None
+
     def close(self) -> None:
         self._kill_actors()
         if self.started:

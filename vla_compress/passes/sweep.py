@@ -60,35 +60,73 @@ def candidates(vla: Any, kinds: tuple[str, ...] = KINDS) -> list[tuple[str, list
     return out
 
 
-def sweep(vla: Any, calibration: list[dict], held_out: list[dict], kinds: tuple[str, ...] = KINDS,
-          progress: Callable[[str, int, int], None] | None = None) -> list[dict]:
-    """Score every candidate; rows sorted by action error (smallest first). A candidate the model
-    cannot take (e.g. a width that does not divide) is kept with its error message."""
+def score(vla: Any, label: str, configs: list[dict], calibration: list[dict], held_out: list[dict],
+          base: dict) -> dict:
+    """One sweep row: `configs` applied to a copy of `vla`, scored against it on `held_out`. A
+    candidate the model cannot take (e.g. a width that does not divide) keeps its error message."""
     from .calibration import calibration_dataset
-    from .runner import apply_passes, compare_models, measure
+    from .runner import apply_passes, compare_models
+
+    t0 = time.perf_counter()
+    student = copy.deepcopy(vla)
+    try:
+        ctx = PassContext(calibration=calibration_dataset(student, calibration))
+        student = apply_passes(student, configs, ctx)
+    except ConfigError as e:
+        return {"candidate": label, "configs": configs, "error": str(e)}
+    after = student.compression_log[-1]["after"]
+    diff = compare_models(vla, student, held_out)
+    return {"candidate": label, "configs": configs, "action_l1": diff["action_l1"],
+            "max_abs": diff["max_abs"], "params": after["params_logical"],
+            "params_fraction": after["params_logical"] / base["params_logical"],
+            "flops_fraction": after["flops"] / base["flops"],
+            "state_dict_fraction": after["state_dict_bytes"] / base["state_dict_bytes"],
+            "wall_s": round(time.perf_counter() - t0, 2)}
+
+
+_LOADED: dict[str, Any] = {}  # a sweep worker's checkpoint, loaded once per process
+
+
+def score_in_worker(args: tuple) -> dict:
+    """score() in an executor's worker: the checkpoint is loaded from its path (once per process)."""
+    checkpoint, allow_pickle, threads, label, configs, calibration, held_out, base = args
+    import torch
+
+    from ..models import load_vla
+
+    torch.set_num_threads(threads)
+    if checkpoint not in _LOADED:
+        _LOADED.clear()
+        _LOADED[checkpoint] = load_vla(checkpoint, allow_pickle=allow_pickle)
+    return score(_LOADED[checkpoint], label, configs, calibration, held_out, base)
+
+
+def sweep(vla: Any, calibration: list[dict], held_out: list[dict], kinds: tuple[str, ...] = KINDS,
+          progress: Callable[[str, int, int], None] | None = None, executor: Any = None,
+          checkpoint: str | None = None, allow_pickle: bool = False, threads: int = 1) -> list[dict]:
+    """Score every candidate; rows sorted by action error (smallest first). With an `executor`
+    (evaluate/executor.py: local processes or Ray) the candidates are scored on its workers, each
+    loading `checkpoint` (the directory `vla` was loaded from) once, with `threads` threads."""
+    from .runner import measure
 
     if not held_out:
         raise ConfigError("the sweep needs held-out observations")
     base = measure(vla)
-    rows = []
     todo = candidates(vla, kinds)
-    for n, (label, configs) in enumerate(todo, 1):
-        if progress:
-            progress(label, n, len(todo))
-        t0 = time.perf_counter()
-        student = copy.deepcopy(vla)
-        try:
-            ctx = PassContext(calibration=calibration_dataset(student, calibration))
-            student = apply_passes(student, configs, ctx)
-        except ConfigError as e:
-            rows.append({"candidate": label, "configs": configs, "error": str(e)})
-            continue
-        after = student.compression_log[-1]["after"]
-        diff = compare_models(vla, student, held_out)
-        rows.append({"candidate": label, "configs": configs, "action_l1": diff["action_l1"],
-                     "max_abs": diff["max_abs"], "params": after["params_logical"],
-                     "params_fraction": after["params_logical"] / base["params_logical"],
-                     "flops_fraction": after["flops"] / base["flops"],
-                     "state_dict_fraction": after["state_dict_bytes"] / base["state_dict_bytes"],
-                     "wall_s": round(time.perf_counter() - t0, 2)})
-    return sorted(rows, key=lambda r: (r.get("action_l1") is None, r.get("action_l1") or 0.0))
+    if executor is None:
+        rows = []
+        for n, (label, configs) in enumerate(todo, 1):
+            if progress:
+                progress(label, n, len(todo))
+            rows.append(score(vla, label, configs, calibration, held_out, base))
+    else:
+        if checkpoint is None:
+            raise ConfigError("a sweep on an executor needs the checkpoint's path (its workers load it)")
+        items = [(str(checkpoint), allow_pickle, threads, label, configs, calibration, held_out, base)
+                 for label, configs in todo]
+        rows = []
+        for n, row in enumerate(executor.map_calls(score_in_worker, items), 1):
+            rows.append(row)
+            if progress:
+                progress(row["candidate"], n, len(todo))
+    return sorted(rows, key=lambda r: (r.get("action_l1") is None, r.get("action_l1") or 0.0, r["candidate"]))

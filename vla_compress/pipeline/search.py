@@ -160,7 +160,8 @@ class Search(Pipeline):
             from ..passes.sweep import sweep
 
             rows = sweep(self.baseline_vla(), self.observations("calibration"), self.observations("validation"),
-                         SWEEP_KINDS)
+                         SWEEP_KINDS, executor=self._executor(), checkpoint=str(self.checkpoint),
+                         allow_pickle=self.allow_pickle)
             return {"rows": rows}
 
         material = {"checkpoint": self.ckpt_key, "calibration": cal_key, "kinds": list(SWEEP_KINDS)}
