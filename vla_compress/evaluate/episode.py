@@ -4,15 +4,19 @@ A `PolicySpec` says how to build a policy in any process (ONNX sessions and llam
 not pickle, so policies are never shipped); an `EpisodeWorker` builds it once, with its threads
 pinned, and runs seeded episodes; `run_episode` is one of them. The executors (executor.py:
 local processes, ray_executor.py: Ray actors) hold EpisodeWorkers; rollout.py asks an executor.
+A `Batch` is one policy's episodes when several are evaluated together (Executor.map_many); a
+worker then holds one EpisodeWorker per policy (`run_one_of`).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ..errors import ConfigError
 from .metaworld_env import cameras_read_by
 from .suites import get_suite
 
@@ -82,3 +86,46 @@ class EpisodeWorker:
 
     def run(self, task: str, seed: int) -> EpisodeResult:
         return run_episode(self.policy, self.suite.make_env(task, self.cameras), seed)
+
+
+Job = tuple[str, int]  # (task, seed)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One policy's episodes in a map_many call."""
+
+    spec: PolicySpec
+    suite_args: dict
+    threads: int
+    jobs: tuple[Job, ...]
+
+    @property
+    def key(self) -> str:
+        return json.dumps([asdict(self.spec), self.suite_args, self.threads], sort_keys=True, default=str)
+
+
+def interleave(batches: list[Batch]) -> list[tuple[int, Job]]:
+    """(batch index, job), one job of every batch in turn, so every policy's episodes advance together."""
+    out, longest = [], max((len(b.jobs) for b in batches), default=0)
+    for i in range(longest):
+        out.extend((bi, b.jobs[i]) for bi, b in enumerate(batches) if i < len(b.jobs))
+    return out
+
+
+def same_threads(batches: list[Batch]) -> int:
+    threads = {b.threads for b in batches}
+    if len(threads) > 1:  # torch's and OpenMP's thread pools are per process: one count per worker
+        raise ConfigError(f"policies evaluated together must use the same threads per worker, got {sorted(threads)}")
+    return threads.pop() if threads else 1
+
+
+def run_one_of(key: str, spec: PolicySpec, suite_args: dict, threads: int, keep: tuple[str, ...],
+               workers: dict[str, EpisodeWorker], task: str, seed: int) -> EpisodeResult:
+    """An episode of the policy `key`, built on first use into `workers`; policies not in `keep` are
+    dropped first (a worker holds only the policies of the current call)."""
+    for k in [k for k in workers if k not in keep]:
+        del workers[k]
+    if key not in workers:
+        workers[key] = EpisodeWorker(spec, suite_args, threads)
+    return workers[key].run(task, seed)

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 from ..errors import ConfigError
-from .episode import EpisodeResult, EpisodeWorker, PolicySpec
+from .episode import Batch, EpisodeResult, EpisodeWorker, PolicySpec, interleave, run_one_of, same_threads
 
 Job = tuple[str, int]  # (task, seed)
 EXECUTORS = ("local", "ray")
@@ -60,46 +60,6 @@ class Executor(Protocol):
 
 _WORKER: dict[str, Any] = {}  # the Pool worker's EpisodeWorker (one per process)
 _WORKERS: dict[str, EpisodeWorker] = {}  # map_many: the Pool worker's EpisodeWorkers, by policy key
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One policy's episodes in a map_many call."""
-
-    spec: PolicySpec
-    suite_args: dict
-    threads: int
-    jobs: tuple[Job, ...]
-
-    @property
-    def key(self) -> str:
-        return json.dumps([asdict(self.spec), self.suite_args, self.threads], sort_keys=True, default=str)
-
-
-def interleave(batches: list[Batch]) -> list[tuple[int, Job]]:
-    """(batch index, job), one job of every batch in turn, so every policy's episodes advance together."""
-    out, longest = [], max((len(b.jobs) for b in batches), default=0)
-    for i in range(longest):
-        out.extend((bi, b.jobs[i]) for bi, b in enumerate(batches) if i < len(b.jobs))
-    return out
-
-
-def same_threads(batches: list[Batch]) -> int:
-    threads = {b.threads for b in batches}
-    if len(threads) > 1:  # torch's and OpenMP's thread pools are per process: one count per worker
-        raise ConfigError(f"policies evaluated together must use the same threads per worker, got {sorted(threads)}")
-    return threads.pop() if threads else 1
-
-
-def run_one_of(key: str, spec: PolicySpec, suite_args: dict, threads: int, keep: tuple[str, ...],
-               workers: dict[str, EpisodeWorker], task: str, seed: int) -> EpisodeResult:
-    """An episode of the policy `key`, built on first use into `workers`; policies not in `keep` are
-    dropped first (a worker holds only the policies of the current call)."""
-    for k in [k for k in workers if k not in keep]:
-        del workers[k]
-    if key not in workers:
-        workers[key] = EpisodeWorker(spec, suite_args, threads)
-    return workers[key].run(task, seed)
 
 
 def _run_any(args: tuple) -> tuple[int, EpisodeResult]:

@@ -28,8 +28,7 @@ from typing import Any, Iterable, Iterator
 
 from ..errors import ExecutorError, VLACompressError
 from ..notices import ENV_FLAG
-from .episode import EpisodeResult, EpisodeWorker, PolicySpec
-from .executor import Batch, interleave, same_threads
+from .episode import Batch, EpisodeResult, EpisodeWorker, PolicySpec, interleave, run_one_of, same_threads
 
 Job = tuple[str, int]  # (task, seed), as executor.py names it
 
@@ -47,8 +46,6 @@ class _EpisodeActor:
 
     def run(self, key: str, spec: PolicySpec, suite_args: dict, keep: tuple[str, ...], task: str,
             seed: int) -> EpisodeResult | tuple[str, str, str]:
-        from .executor import run_one_of
-
         try:
             return run_one_of(key, spec, suite_args, self.threads, keep, self.workers, task, seed)
         except VLACompressError as e:  # (class, message): these take their own arguments, so do not unpickle
