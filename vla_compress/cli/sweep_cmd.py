@@ -30,12 +30,11 @@ def sweep(checkpoint: Path, dataset: Path | None, kinds: str, samples: int, cali
     from rich.progress import Progress
     from rich.table import Table
 
+    from ..evaluate.executor import get_executor
     from ..fileio import write_json
     from ..models import load_vla
     from ..passes.calibration import observations_from_lerobot
     from ..passes.sweep import sweep as run_sweep
-
-    from ..evaluate.executor import get_executor
 
     ex = get_executor("ray" if ray_address else executor, workers, ray_address)  # Ray missing: a clear error first
     vla = load_vla(checkpoint, allow_pickle=allow_pickle)

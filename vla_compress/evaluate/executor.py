@@ -20,12 +20,11 @@ import multiprocessing as mp
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 from ..errors import ConfigError
 from .episode import Batch, EpisodeResult, EpisodeWorker, PolicySpec, interleave, run_one_of, same_threads
 
-Job = tuple[str, int]  # (task, seed)
 EXECUTORS = ("local", "ray")
 RAY_INSTALL = "pip install 'vla-compress[ray]' (in a checkout: pip install -c constraints.txt 'ray[default]==2.60.0')"
 
@@ -38,13 +37,9 @@ class Executor(Protocol):
         """Threads per worker when the caller names none (local: the host's cores / workers; ray: 1).
         Name them for outcomes identical across executors: the arithmetic can depend on them."""
 
-    def map_episodes(self, spec: PolicySpec, suite_args: dict, threads: int,
-                     jobs: Iterable[Job]) -> Iterator[EpisodeResult]:
-        """One EpisodeResult per job, in completion order."""
-
     def map_many(self, batches: list["Batch"]) -> Iterator[tuple[int, EpisodeResult]]:
-        """Several policies' episodes at once on the same workers: (batch index, EpisodeResult) in
-        completion order. Jobs are interleaved across the batches; a worker builds each policy it
+        """One EpisodeResult per job of every batch (one policy's episodes each), on the same workers:
+        (batch index, EpisodeResult) in completion order. Jobs are interleaved across the batches; a worker builds each policy it
         meets once and keeps only the policies of this call. Every batch names the same threads."""
 
     def map_calls(self, fn: Callable[[Any], Any], items: list) -> Iterator[Any]:
@@ -58,21 +53,12 @@ class Executor(Protocol):
         """What the result records about the executor (kind, workers, address)."""
 
 
-_WORKER: dict[str, Any] = {}  # the Pool worker's EpisodeWorker (one per process)
-_WORKERS: dict[str, EpisodeWorker] = {}  # map_many: the Pool worker's EpisodeWorkers, by policy key
+_WORKERS: dict[str, EpisodeWorker] = {}  # a Pool worker's EpisodeWorkers, by policy key
 
 
 def _run_any(args: tuple) -> tuple[int, EpisodeResult]:
     index, key, spec, suite_args, threads, keep, task, seed = args
     return index, run_one_of(key, spec, suite_args, threads, keep, _WORKERS, task, seed)
-
-
-def _init_worker(spec: PolicySpec, suite_args: dict, threads: int) -> None:
-    _WORKER["worker"] = EpisodeWorker(spec, suite_args, threads)
-
-
-def _run_job(job: Job) -> EpisodeResult:
-    return _WORKER["worker"].run(*job)
 
 
 class LocalExecutor:
@@ -85,20 +71,6 @@ class LocalExecutor:
 
     def default_threads(self) -> int:
         return max(1, (os.cpu_count() or 1) // self.workers)
-
-    def map_episodes(self, spec: PolicySpec, suite_args: dict, threads: int,
-                     jobs: Iterable[Job]) -> Iterator[EpisodeResult]:
-        jobs = list(jobs)
-        if not jobs:
-            return
-        if self.workers <= 1:
-            worker = EpisodeWorker(spec, suite_args, threads)
-            for task, seed in jobs:
-                yield worker.run(task, seed)
-            return
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(self.workers, initializer=_init_worker, initargs=(spec, suite_args, threads)) as pool:
-            yield from pool.imap_unordered(_run_job, jobs)
 
     def map_many(self, batches: list[Batch]) -> Iterator[tuple[int, EpisodeResult]]:
         threads = same_threads(batches)

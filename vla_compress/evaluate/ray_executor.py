@@ -24,13 +24,11 @@ import json
 import logging
 import os
 from collections import deque
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 from ..errors import ExecutorError, VLACompressError
 from ..notices import ENV_FLAG
-from .episode import Batch, EpisodeResult, EpisodeWorker, PolicySpec, interleave, run_one_of, same_threads
-
-Job = tuple[str, int]  # (task, seed), as executor.py names it
+from .episode import Batch, EpisodeResult, EpisodeWorker, Job, PolicySpec, interleave, run_one_of, same_threads
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -137,11 +135,6 @@ class RayExecutor:
             for a in self.actors:
                 ray.kill(a, no_restart=True)
         self.actors, self._pool_key = [], None
-
-    def map_episodes(self, spec: PolicySpec, suite_args: dict, threads: int,
-                     jobs: Iterable[Job]) -> Iterator[EpisodeResult]:
-        for _, r in self.map_many([Batch(spec, suite_args, threads, tuple(jobs))]):
-            yield r
 
     def map_many(self, batches: list[Batch]) -> Iterator[tuple[int, EpisodeResult]]:
         queue: deque[tuple[int, Job]] = deque(interleave(batches))

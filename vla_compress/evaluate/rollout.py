@@ -28,60 +28,49 @@ def evaluate(spec: PolicySpec, suite_name: str = "metaworld-mt10", tasks: list[s
     Episodes first_episode .. first_episode+episodes-1 of every task (their seeds are fixed), run by
     `executor` (evaluate/executor.py; default: the local one with `workers` processes). `completed`:
     episodes already recorded by an interrupted run of the same evaluation; they are not run again."""
+    return evaluate_many([spec], suite_name, tasks, episodes, workers, threads_per_worker,
+                         (lambda _i, r, done, total: on_episode(r, done, total)) if on_episode else None,
+                         first_episode, executor, [completed or []], **suite_kwargs)[0]
+
+
+def evaluate_many(specs: list[PolicySpec], suite_name: str = "metaworld-mt10", tasks: list[str] | None = None,
+                  episodes: int = 10, workers: int = 1, threads_per_worker: int | None = None,
+                  on_episode: Callable[[int, EpisodeResult, int, int], None] | None = None, first_episode: int = 0,
+                  executor: Executor | None = None, completed: list[list[EpisodeResult]] | None = None,
+                  **suite_kwargs) -> list[dict]:
+    """Evaluate several policies at once on the same episodes (tasks and seeds), their jobs
+    interleaved on the executor's workers (Executor.map_many); one result per spec, each as
+    evaluate() returns it (with several, the wall time is their shared one).
+    on_episode(spec index, r, done, total); `completed`: per spec, episodes already recorded."""
+    from .executor import Batch
+
     executor = executor or LocalExecutor(workers)
     suite = get_suite(suite_name, tasks, **suite_kwargs)
     seeds = {t: suite.seeds(t, episodes, first_episode) for t in suite.tasks}
     # interleave tasks so a partial run (and the progress bar) covers every task early
     jobs = [(t, seeds[t][i]) for i in range(episodes) for t in suite.tasks]
     wanted = set(jobs)
-    results: list[EpisodeResult] = [r for r in (completed or []) if (r.task, r.seed) in wanted]
-    done = {(r.task, r.seed) for r in results}
-    jobs_left = [j for j in jobs if j not in done]
+    results = [[r for r in done if (r.task, r.seed) in wanted] for done in (completed or [[] for _ in specs])]
+    resumed = [len(rs) for rs in results]
+    left = [tuple(j for j in jobs if j not in {(r.task, r.seed) for r in rs}) for rs in results]
     threads = threads_per_worker or executor.default_threads()
     suite_args = {"name": suite_name, "tasks": list(suite.tasks), **suite_kwargs}
     t0 = time.time()
-    for r in executor.map_episodes(spec, suite_args, threads, jobs_left):
-        results.append(r)
-        if on_episode:
-            on_episode(r, len(results), len(jobs))
-    result = summarize(results, suite, spec, episodes, executor.workers, time.time() - t0, first_episode)
-    result["suite_options"] = dict(suite_kwargs)  # e.g. max_steps: part of the protocol, compare like with like
-    if executor.kind != "local":
-        result["executor"] = executor.describe()
-    if len(results) > len(jobs_left):
-        result["resumed_episodes"] = len(results) - len(jobs_left)
-    return result
-
-
-def evaluate_many(specs: list[PolicySpec], suite_name: str = "metaworld-mt10", tasks: list[str] | None = None,
-                  episodes: int = 10, workers: int = 1, threads_per_worker: int | None = None,
-                  on_episode: Callable[[int, EpisodeResult, int, int], None] | None = None, first_episode: int = 0,
-                  executor: Executor | None = None, **suite_kwargs) -> list[dict]:
-    """Evaluate several policies at once on the same episodes (tasks and seeds), their jobs
-    interleaved on the executor's workers (Executor.map_many); one result per spec, each as
-    evaluate() returns it (its wall time is the shared one). on_episode(spec index, r, done, total)."""
-    from .executor import Batch
-
-    executor = executor or LocalExecutor(workers)
-    suite = get_suite(suite_name, tasks, **suite_kwargs)
-    seeds = {t: suite.seeds(t, episodes, first_episode) for t in suite.tasks}
-    jobs = tuple((t, seeds[t][i]) for i in range(episodes) for t in suite.tasks)
-    threads = threads_per_worker or executor.default_threads()
-    suite_args = {"name": suite_name, "tasks": list(suite.tasks), **suite_kwargs}
-    results: list[list[EpisodeResult]] = [[] for _ in specs]
-    t0 = time.time()
-    for i, r in executor.map_many([Batch(s, suite_args, threads, jobs) for s in specs]):
+    for i, r in executor.map_many([Batch(s, suite_args, threads, js) for s, js in zip(specs, left)]):
         results[i].append(r)
         if on_episode:
             on_episode(i, r, len(results[i]), len(jobs))
     wall = time.time() - t0
     out = []
-    for spec, rs in zip(specs, results):
+    for spec, rs, n_resumed in zip(specs, results, resumed):
         result = summarize(rs, suite, spec, episodes, executor.workers, wall, first_episode)
-        result["suite_options"] = dict(suite_kwargs)
-        result["evaluated_with"] = len(specs)  # policies sharing the workers (wall_s is theirs together)
+        result["suite_options"] = dict(suite_kwargs)  # e.g. max_steps: part of the protocol, compare like with like
+        if len(specs) > 1:
+            result["evaluated_with"] = len(specs)  # policies sharing the workers (wall_s is theirs together)
         if executor.kind != "local":
             result["executor"] = executor.describe()
+        if n_resumed:
+            result["resumed_episodes"] = n_resumed
         out.append(result)
     return out
 

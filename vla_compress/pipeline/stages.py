@@ -113,34 +113,7 @@ class Run:
 
     def stage(self, name: str, what: str, material: dict, fn: Callable[[Path], dict]) -> dict:
         """Run `fn(work_dir) -> result` unless a finished stage with the same key exists."""
-        key = self._key(name, material)
-        final = self.stage_dir(name)
-        entry = self.manifest["stages"].get(name)
-        if self._is_done(name, key):
-            entry["cached"] = True
-            self.save()
-            self.hooks.stage_done(name, True, entry.get("wall_s", 0.0))
-            return read_json(final / "result.json")
-        self.hooks.stage_start(name, what)
-        work = final.with_name(name + ".partial")
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        started = _now()
-        t0 = time.perf_counter()
-        self.manifest["stages"][name] = {"key": key, "status": "running", "started": started, "what": what}
-        self.save()
-        try:
-            result = fn(work)
-        except BaseException as e:
-            self.manifest["stages"][name].update(status="failed", error=f"{type(e).__name__}: {e}",
-                                                 wall_s=round(time.perf_counter() - t0, 2))
-            self.save()
-            raise
-        self._finish(name, what, key, work, result, started, time.perf_counter() - t0)
-        wall = time.perf_counter() - t0
-        self.save()
-        self.hooks.stage_done(name, False, wall)
-        return result
+        return self.stages_together([(name, what, material)], lambda works: [fn(works[0][1])])[0]
 
     def stages_together(self, entries: list[tuple[str, str, dict]],
                         fn: Callable[[list[tuple[str, Path]]], list[dict]]) -> list[dict]:
@@ -152,36 +125,48 @@ class Run:
         for name, what, material in entries:
             key = self._key(name, material)
             if self._is_done(name, key):
-                results[name] = self.stage(name, what, material, _never)  # cached: read back
+                entry = self.manifest["stages"][name]
+                entry["cached"] = True
+                self.save()
+                self.hooks.stage_done(name, True, entry.get("wall_s", 0.0))
+                results[name] = read_json(self.stage_dir(name) / "result.json")
             else:
                 todo.append((name, what, key))
-        if todo:
-            works = []
-            for name, what, key in todo:
-                self.hooks.stage_start(name, what)
-                work = self.stage_dir(name).with_name(name + ".partial")
-                shutil.rmtree(work, ignore_errors=True)
-                work.mkdir(parents=True)
-                self.manifest["stages"][name] = {"key": key, "status": "running", "started": _now(), "what": what}
-                works.append((name, work))
+        if not todo:
+            return [results[name] for name, _, _ in entries]
+        works = []
+        for name, what, key in todo:
+            self.hooks.stage_start(name, what)
+            work = self.stage_dir(name).with_name(name + ".partial")
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            self.manifest["stages"][name] = {"key": key, "status": "running", "started": _now(), "what": what}
+            works.append((name, work))
+        self.save()
+        t0 = time.perf_counter()
+        try:
+            out = fn(works)
+        except BaseException as e:
+            for name, _ in works:
+                self.manifest["stages"][name].update(status="failed", error=f"{type(e).__name__}: {e}",
+                                                     wall_s=round(time.perf_counter() - t0, 2))
             self.save()
-            t0 = time.perf_counter()
-            try:
-                out = fn(works)
-            except BaseException as e:
-                for name, _ in works:
-                    self.manifest["stages"][name].update(status="failed", error=f"{type(e).__name__}: {e}",
-                                                         wall_s=round(time.perf_counter() - t0, 2))
-                self.save()
-                raise
-            wall = time.perf_counter() - t0
-            for (name, work), (_, what, key), result in zip(works, todo, out):
-                started = self.manifest["stages"][name]["started"]
-                self._finish(name, what, key, work, result, started, wall)
+            raise
+        wall = time.perf_counter() - t0
+        for (name, work), (_, what, key), result in zip(works, todo, out):
+            final = self.stage_dir(name)
+            write_json(work / "result.json", result)
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(work, final)
+            self.manifest["stages"][name] = {"key": key, "status": "done", "cached": False, "what": what,
+                                             "started": self.manifest["stages"][name]["started"],
+                                             "finished": _now(), "wall_s": round(wall, 2)}
+            if len(works) > 1:
                 self.manifest["stages"][name]["together_with"] = [n for n, _ in works if n != name]
-                self.save()
-                self.hooks.stage_done(name, False, wall)
-                results[name] = result
+            self.save()
+            self.hooks.stage_done(name, False, wall)
+            results[name] = result
         return [results[name] for name, _, _ in entries]
 
     def _key(self, name: str, material: dict) -> str:
@@ -193,23 +178,10 @@ class Run:
         return bool(entry and entry.get("key") == key and entry.get("status") == "done"
                     and (self.stage_dir(name) / "result.json").is_file())
 
-    def _finish(self, name: str, what: str, key: str, work: Path, result: dict, started: str, wall: float) -> None:
-        final = self.stage_dir(name)
-        write_json(work / "result.json", result)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(work, final)
-        self.manifest["stages"][name] = {"key": key, "status": "done", "cached": False, "what": what,
-                                         "started": started, "finished": _now(), "wall_s": round(wall, 2)}
-
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest["updated"] = _now()
         write_json(self.root / MANIFEST, self.manifest)
-
-
-def _never(work: Path) -> dict:
-    raise AssertionError("a finished stage was recomputed")
 
 
 def _now() -> str:
