@@ -4,8 +4,19 @@ Precisions (what the ONNX file holds):
   fp32          the traced graph as is.
   int8-dynamic  QInt8 weights, activations quantized on the fly (MatMulInteger): no data needed.
   int8-static   QDQ, per-channel QInt8 weights and QInt8 activations whose ranges come from
-                calibration observations (MinMax); MatMul/Gemm/Conv only (see quantize.py).
+                calibration observations (MinMax); MatMul/Gemm (and Conv with quantize_conv) only
+                (see quantize.py). On ONNX Runtime's CPU provider per-channel weights keep a float
+                DequantizeLinear of every weight in the graph at run time and int8 x int8 products
+                take a slower kernel than uint8 x int8: `per_channel: false, activation_type: uint8`
+                is the form that provider fuses into QLinearMatMul (docs/results.md, "Static Q/DQ").
   int4-weight   MatMulNBits: 4-bit symmetric weights in blocks of `block_size`, fp32 activations.
+
+optimize "ort": before quantizing, fuse the fp32 graph into ONNX Runtime's contrib kernels
+(onnxscript's ORT fusions: RMSNorm -> SimplifiedLayerNormalization, GELU -> Gelu/FastGelu/BiasGelu,
+rotary embedding, scaled-dot-product attention -> MultiHeadAttention); the fused graph is what the
+artifact holds, so it runs on ONNX Runtime only (its CPU and CUDA providers). The fusions that fold
+the Q/K/V projections into one Attention node or a residual add into SkipLayerNormalization are left
+out: the first keeps those MatMuls from being quantized, and both measured slower here.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "int4-weight": Tolerance(min_cosine=0.98, max_action_l1=0.08, min_token_match=0.5),
 }
 
+OPTIMIZE = ("none", "ort")
 MIN_OPSET = 18  # MatMulNBits/blocked quantization and the dynamo exporter's decompositions need >= 18
 EXTERNAL_DATA_BYTES = int(1.5 * 1024**3)  # protobuf caps a file at 2 GiB; keep headroom for the graph
 
@@ -53,6 +65,12 @@ class OnnxExportConfig(ExportConfig):
     block_size: int = 32  # int4-weight: elements per quantization block along K
     accuracy_level: int = 4  # int4-weight: MatMulNBits compute type (4 = int8 activations on CPU)
     per_channel: bool = True  # int8-static: one weight scale per output channel
+    activation_type: str = "int8"  # int8-static: "int8" or "uint8" activations (asymmetric either way)
+    # int8-dynamic / int8-static: quantize Conv too. Off by default: the only Conv of these models is
+    # the patch embedding, fed raw pixels, where int8 costs the most accuracy, and ORT's ConvInteger
+    # ran slower than its fp32 Conv on this CPU (docs/results.md, "Optimised ONNX graphs")
+    quantize_conv: bool = False
+    optimize: str = "none"  # "none" | "ort": fuse the graph for ONNX Runtime (see the module docstring)
     calibration_limit: int = 64  # int8-static: observations used at most
     # a torch-quantized model (passes/quantize) keeps its own integers and scales in the graph
     # (carry.py); the precision then applies to the layers that are still float. False: trace the
@@ -67,6 +85,10 @@ class OnnxExportConfig(ExportConfig):
             raise ConfigError(f"onnx export: external_data must be 'auto', 'always' or 'never', got {self.external_data!r}")
         if self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ConfigError(f"onnx export: block_size must be a power of two >= 16, got {self.block_size}")
+        if self.activation_type not in ("int8", "uint8"):
+            raise ConfigError(f"onnx export: activation_type must be 'int8' or 'uint8', got {self.activation_type!r}")
+        if self.optimize not in OPTIMIZE:
+            raise ConfigError(f"onnx export: optimize must be one of {', '.join(OPTIMIZE)}, got {self.optimize!r}")
         if self.calibration_limit < 1:
             raise ConfigError("onnx export: calibration_limit must be >= 1")
 

@@ -67,11 +67,16 @@ class OnnxExporter(Exporter):
         for name, (src, wbytes) in graphs.items():
             external = config.use_external_data(wbytes)
             kept = carry.get(name, {}).get("nodes", [])  # carried from torch: not quantized again
+            fused = None
+            if config.optimize == "ort":
+                src, fused = self._optimize(src, tmp / "ort", external, kept)
             quantize(config.precision, src, stage / src.name, config, external, feeds.get(name), kept)
-            check_graph_file(stage / src.name)
+            check_graph_file(stage / src.name, onnxruntime_ops=fused is not None)
             manifest["graphs"][name] = {"file": src.name, "external_data": external,
                                         "weight_bytes_fp32": wbytes, "ops": op_summary(stage / src.name),
                                         "carried_nodes": kept}
+            if fused is not None:
+                manifest["graphs"][name]["optimized"] = {"for": "onnxruntime", "fusions": fused}
             manifest["io"][name] = io_signature(stage / src.name)
         if carry:
             manifest["quantization_carry"] = carried_summary(carry) | {"enabled": config.carry_quantization}
@@ -96,6 +101,25 @@ class OnnxExporter(Exporter):
             onnx.checker.check_model(str(file))
             graphs[spec.name] = (file, spec.weight_bytes)
         return graphs
+
+    def _optimize(self, src: Path, out: Path, external: bool, kept: list[str]) -> tuple[Path, dict[str, int]]:
+        """`src` fused for ONNX Runtime into `out` (same file name); a carried node the fusions
+        removed is an ExportError (the carry would be lost)."""
+        import onnx
+
+        from ..base import ExportError
+        from .optimize import optimize_for_onnxruntime
+
+        out.mkdir(parents=True, exist_ok=True)
+        dst = out / src.name
+        fusions = optimize_for_onnxruntime(src, dst, external)
+        if kept:
+            names = {n.name for n in onnx.load(str(dst), load_external_data=False).graph.node}
+            lost = sorted(set(kept) - names)
+            if lost:
+                raise ExportError(src, f"optimize 'ort' removed carried quantized nodes {lost[:4]}: export with "
+                                       "optimize: none to keep the torch quantization")
+        return dst, fusions
 
     def _from_base(self, base: Artifact | str | Path, meta: dict, fingerprint: str,
                    carry: dict[str, dict]) -> dict[str, tuple[Path, int]]:

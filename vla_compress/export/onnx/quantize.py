@@ -24,7 +24,12 @@ _QUANTIZERS: dict[str, Quantizer] = {}
 # Static quantization covers the ops that hold the weights and most of the FLOPs. Quantizing
 # every elementwise op too (ORT's default list: Add, Mul, Softmax, ...) adds a Q/DQ pair per op
 # and compounds rounding through residual streams and norms for little speed on CPU/GPU EPs.
-STATIC_OP_TYPES = ["MatMul", "Gemm", "Conv"]
+STATIC_OP_TYPES = ["MatMul", "Gemm", "Conv"]  # (the TensorRT exporter's Q/DQ graphs use this list)
+
+
+def op_types(config: OnnxExportConfig) -> list[str]:
+    """The ops an int8 precision quantizes: MatMul and Gemm, and Conv when config.quantize_conv."""
+    return [op for op in STATIC_OP_TYPES if op != "Conv" or config.quantize_conv]
 
 
 def register_quantizer(precision: str):
@@ -78,7 +83,7 @@ def _int8_dynamic(src: Path, dst: Path, config: OnnxExportConfig, external: bool
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, use_external_data_format=external,
-                     nodes_to_exclude=exclude)
+                     op_types_to_quantize=op_types(config), nodes_to_exclude=exclude)
 
 
 @register_quantizer("int8-static")
@@ -98,8 +103,9 @@ def _int8_static(src: Path, dst: Path, config: OnnxExportConfig, external: bool,
             return next(self._it, None)
 
     quantize_static(str(src), str(dst), Reader(calibration), quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=STATIC_OP_TYPES, per_channel=config.per_channel,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    op_types_to_quantize=op_types(config), per_channel=config.per_channel,
+                    activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, use_external_data_format=external,
                     nodes_to_exclude=exclude, extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
 
