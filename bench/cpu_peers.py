@@ -8,10 +8,13 @@ Variants (each a full policy step on one observation: preprocess, the network, u
               OpenVINO fp32 (`convert_model` of the ONNX graph, `compile_model` defaults but the thread
               count: on AVX512-BF16/AMX CPUs that is bf16 inference, recorded per row); OpenVINO +
               `nncf.quantize(model_type=TRANSFORMER)` defaults on 32 calibration frames
-  project     vla-compress ONNX int8-dynamic (OnnxRuntimePolicy); vla-compress OpenVINO int8
+  project     vla-compress ONNX int8-dynamic (OnnxRuntimePolicy), plain and with optimize "ort" (the graph
+              fused for ONNX Runtime before quantizing); vla-compress OpenVINO int8
               (OpenVinoPolicy, f32 inference precision, the exporter's calibration feeds) and the same
               artifact with OpenVINO's bf16 hint; and each recipe in profiles/ with passes whose passes
-              need nothing but calibration data, applied here, with its CPU-runnable exports
+              need nothing but calibration data, applied here, with its CPU-runnable exports; and
+              with --runs, every validated export of those compress runs (recipes whose passes need
+              a teacher and training data: distillation), each in its own runtime
 Every exported project artifact is validated (parity vs torch on the held-out frames) before timing.
 
 Observations: scripted-expert MetaWorld episodes, as a compress run collects them (one episode per
@@ -19,7 +22,8 @@ MT10 task from demo index 900 for calibration, from 950 for held-out frames: nev
 placements); 32 held-out frames are timed and compared, 32 calibration frames calibrate.
 `action_l1` = mean |a - a_torch_fp32| over the held-out chunks, in normalised action units ([-1, 1]).
 
-    python bench/cpu_peers.py [--rounds 5] [--frames 8] [--threads 1 2] [--out bench/results/cpu_peers.json]
+    python bench/cpu_peers.py [--checkpoint DIR | preset:reference-100m] [--runs RUN ...] [--rounds 5] [--frames 8]
+                              [--threads 1 2] [--out bench/results/cpu_peers.json]
 """
 
 from __future__ import annotations
@@ -116,12 +120,14 @@ def main() -> None:
     from vla_compress.export.onnx import OnnxExportConfig
     from vla_compress.export.openvino import OpenVinoExportConfig
     from vla_compress.fileio import write_json
-    from vla_compress.models import load_vla
     from vla_compress.runtime.onnxruntime_policy import OnnxRuntimePolicy
     from vla_compress.runtime.openvino_policy import OpenVinoPolicy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints/reference-small-chunk")
+    ap.add_argument("--checkpoint", default=str(ROOT / "checkpoints/reference-small-chunk"),
+                    help="a checkpoint folder, or preset:NAME (a random-weight model of that preset, seed 0)")
+    ap.add_argument("--runs", type=Path, nargs="*", default=[],
+                    help="compress run folders of this checkpoint: each validated export of the run is a project row")
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each times --frames frames per row)")
     ap.add_argument("--frames", type=int, default=8)
@@ -135,12 +141,13 @@ def main() -> None:
     t_start = time.perf_counter()
     torch.set_num_threads(max(args.threads))
 
-    vla = load_vla(args.checkpoint).eval()
+    vla, model_name, source = load_model(args.checkpoint)
     cal, held, obs_source = observations(vla, args.work / "demos", args.samples, seed=0)
     print(f"observations: {obs_source}")
     family = get_export_family(vla.family)
     art_dir = args.work / "artifacts"
-    fp32 = export(vla, OnnxExportConfig(), art_dir / "onnx-fp32", example=cal[:2], source=args.checkpoint)
+    art_dir = art_dir / model_name
+    fp32 = export(vla, OnnxExportConfig(), art_dir / "onnx-fp32", example=cal[:2], source=source)
     validate(fp32, vla, held)
     processor = family.load_processor(fp32.path)
     onnx_fp32 = fp32.file(fp32.manifest["graphs"]["policy_step"]["file"])
@@ -227,11 +234,17 @@ def main() -> None:
 
     onnx_dyn = export(vla, OnnxExportConfig(precision="int8-dynamic"), art_dir / "onnx-int8-dynamic", base=fp32)
     project("vla-compress onnx int8-dynamic", onnx_dyn, lambda t: OnnxRuntimePolicy(onnx_dyn.path, threads=t))
+    onnx_ort = export(vla, OnnxExportConfig(precision="int8-dynamic", optimize="ort"), art_dir / "onnx-int8-dynamic-ort",
+                      base=fp32)
+    project("vla-compress onnx int8-dynamic, optimize ort", onnx_ort,
+            lambda t: OnnxRuntimePolicy(onnx_ort.path, threads=t))
     ov_int8 = export(vla, OpenVinoExportConfig(precision="int8"), art_dir / "openvino-int8", base=fp32, calibration=cal)
     project("vla-compress openvino int8", ov_int8, lambda t: OpenVinoPolicy(ov_int8.path, threads=t))
     builders["vla-compress openvino int8 (bf16 hint)"] = (
         "project", lambda t: policy_step(OpenVinoPolicy(ov_int8.path, threads=t, inference_precision="bf16")))
-    stacked_recipes(vla, cal, held, art_dir, args.checkpoint, project, vla_of, skipped)
+    stacked_recipes(vla, cal, held, art_dir, source, project, vla_of, skipped)
+    for run in args.runs:
+        run_rows(run, model_name, builders, parity, skipped)
 
     # build every (variant, threads) runner, warm it up on every held-out frame (compiles happen here)
     rows: dict[tuple[str, int], dict] = {}
@@ -246,7 +259,7 @@ def main() -> None:
             step = build(t)
             chunks = [np.asarray(step(o), np.float32) for o in held]  # warm-up and the parity chunks
             runners[(name, t)] = step
-            rows[(name, t)] = {"model": args.checkpoint.name, "variant": name, "kind": kind, "threads": t,
+            rows[(name, t)] = {"model": model_name, "variant": name, "kind": kind, "threads": t,
                                "latencies_ms": [], "chunks": chunks, "setup_s": round(time.perf_counter() - t0, 1)}
             print(f"ready: {name} ({t} thread{'s' if t > 1 else ''}, {rows[(name, t)]['setup_s']} s)")
     print(f"setup {time.perf_counter() - t_start:.0f} s; timing {args.rounds} rounds x {args.frames} frames")
@@ -292,7 +305,7 @@ def main() -> None:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True).stdout.strip()
     write_json(args.out, {
-        "checkpoint": str(args.checkpoint), "observations": obs_source, "commit": commit,
+        "checkpoint": str(args.checkpoint), "model": model_name, "observations": obs_source, "commit": commit,
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, **notes},
         "protocol": {"rounds": args.rounds, "frames_per_round": args.frames, "threads": args.threads,
@@ -328,7 +341,7 @@ def stacked_recipes(vla: Any, cal: list[dict], held: list[dict], art_dir: Path, 
         try:
             apply_passes(v, recipe.passes, PassContext(calibration=calibration_dataset(v, cal), held_out=held))
         except Exception as e:  # noqa: BLE001
-            skipped[label] = f"its passes do not apply to {checkpoint.name}: {type(e).__name__}: {e}"
+            skipped[label] = f"its passes do not apply to {getattr(checkpoint, 'name', 'this model')}: {type(e).__name__}: {e}"
             continue
         for cfg in recipe.exports:
             name = f"{label}: {cfg.format} {cfg.precision}"
@@ -340,6 +353,49 @@ def stacked_recipes(vla: Any, cal: list[dict], held: list[dict], art_dir: Path, 
             vla_of[name] = v
             runtime = {"onnx": "onnxruntime"}.get(cfg.format, cfg.format)
             project(name, art, lambda t, a=art, rt=runtime: build_policy(PolicySpec(rt, str(a.path), {"threads": t})))
+
+
+def load_model(spec: str) -> tuple[Any, str, Path | None]:
+    """(model, its name in the rows, the checkpoint folder or None): a checkpoint folder, or
+    preset:NAME built with random weights (seed 0) for latency work at that scale."""
+    from vla_compress.models import load_vla
+
+    if spec.startswith("preset:"):
+        from vla_compress.models.reference import ReferenceVLA
+
+        name = spec.split(":", 1)[1]
+        return ReferenceVLA.from_preset(name, seed=0).eval(), name, None
+    return load_vla(Path(spec)).eval(), Path(spec).name, Path(spec)
+
+
+def run_rows(run: Path, model_name: str, builders: dict, parity: dict, skipped: dict) -> None:
+    """Each export of a compress run (RUN/stages/export-*/artifact) whose validation passed, as a
+    project row "run RECIPE: format precision" run in its own runtime; the run must be of this model."""
+    import json
+
+    from vla_compress.evaluate.rollout import PolicySpec
+    from vla_compress.export.artifact import Artifact
+    from vla_compress.runtime.registry import build_policy
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    recipe = manifest["recipe"]["name"]
+    if Path(manifest["checkpoint"]["path"]).name != model_name:
+        raise SystemExit(f"{run}: a run of {manifest['checkpoint']['path']}, not of {model_name}")
+    for meta in sorted(run.glob("stages/export-*/artifact/artifact.json")):
+        art = Artifact.load(meta.parent)
+        label = f"run {recipe}: {art.format} {art.precision}"
+        if art.format not in ("onnx", "openvino"):
+            skipped[label] = f"{art.format} does not run on this CPU"
+            continue
+        p = art.manifest.get("parity") or {}
+        parity[label] = {"status": art.status, "action_l1_mean": p.get("action_l1_mean"), "max_abs": p.get("max_abs"),
+                         "cosine": p.get("cosine"), "against": "the run's compressed torch model"}
+        if art.status != "ok":
+            skipped[label] = f"artifact status {art.status}"
+            continue
+        runtime = {"onnx": "onnxruntime"}.get(art.format, art.format)
+        builders[label] = ("project", lambda t, a=art, rt=runtime: policy_step(
+            build_policy(PolicySpec(rt, str(a.path), {"threads": t}))))
 
 
 def _cpu() -> str:

@@ -31,6 +31,12 @@ class Backend:
     aliases: tuple[str, ...] = ()  # other accepted spellings, normalised to `name`
     requires: tuple[str, ...] = ()  # modules whose import failure makes it unavailable here
     install: str = ""  # how to get them, for the "not available" message
+    # export options a search passes with every precision for this runtime: the fastest form measured
+    # for it that stays within parity (ONNX Runtime: graphs fused for its kernels, docs/results.md)
+    export_options: Mapping[str, Any] = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "export_options", dict(self.export_options or {}))
 
     @property
     def spellings(self) -> tuple[str, ...]:
@@ -162,7 +168,7 @@ register_backend(Backend(
     "onnxruntime", aliases=("onnx",), format="onnx", exporter="vla_compress.export.onnx.exporter:OnnxExporter",
     policy="vla_compress.runtime.onnxruntime_policy:OnnxRuntimePolicy.from_spec",
     precisions={"fp32": "fp32", "int8-dynamic": "int8", "int8-static": "int8", "int4-weight": "w4a16"},
-    requires=("onnxruntime",), install="pip install onnxruntime"))
+    requires=("onnxruntime",), install="pip install onnxruntime", export_options={"optimize": "ort"}))
 register_backend(Backend(
     "tensorrt", format="tensorrt", exporter="vla_compress.export.tensorrt.exporter:TensorRTExporter",
     policy="vla_compress.runtime.tensorrt_policy:TensorRTPolicy.from_spec",

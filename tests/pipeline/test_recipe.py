@@ -81,3 +81,16 @@ def test_malformed_yaml_and_unknown_recipe(tmp_path):
         load_recipe("nope")
     with pytest.raises(ConfigError, match="deploy: 'gguf-q4_k_m' is not a variant"):
         load_recipe(_write(tmp_path, GOOD + "deploy: gguf-q4_k_m\n"))
+
+
+def test_evaluation_variants_choose_who_runs_in_closed_loop(tmp_path):
+    r = load_recipe(_write(tmp_path, GOOD + "  variants: [onnx-int8-dynamic]\n"))
+    assert r.evaluation["variants"] == ["onnx-int8-dynamic"] and r.deploy == "onnx-int8-dynamic"
+    assert load_recipe(_write(tmp_path, GOOD)).evaluation["variants"] is None  # default: every variant
+    with pytest.raises(ConfigError, match=r"evaluation\.variants: \['gguf-q4_k_m'\] are not variants of this recipe; "
+                                          r"variants: compressed, onnx-int8-dynamic"):
+        load_recipe(_write(tmp_path, GOOD + "  variants: [gguf-q4_k_m]\n"))
+    with pytest.raises(ConfigError, match=r"evaluation\.variants: must include the deployed variant 'onnx-int8-dynamic'"):
+        load_recipe(_write(tmp_path, GOOD + "  variants: [compressed]\n"))
+    with pytest.raises(ConfigError, match=r"evaluation\.variants: must be a non-empty list"):
+        load_recipe(_write(tmp_path, GOOD + "  variants: []\n"))

@@ -100,6 +100,18 @@ def test_a_change_redoes_only_what_it_affects(finished_run, tiny_checkpoints, re
     assert all(after[n]["cached"] for n in after if n != "profile")
 
 
+def test_evaluation_variants_leave_the_others_out_of_the_closed_loop(finished_run, tiny_checkpoints, recipe_file,
+                                                                       tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    m = Pipeline(tiny_checkpoints["regression"], load_recipe(recipe_file, ["evaluation.variants=[onnx-fp32]"]),
+                 run).run()
+    assert set(m["evaluations"]) == {"baseline", "onnx-fp32"}
+    assert m["variants"]["compressed"]["eval_skipped"] == "not evaluated: evaluation.variants lists onnx-fp32"
+    assert m["verdict"]["deploy"] == "onnx-fp32" and set(m["verdict"]["gates"]) == {"onnx-fp32"}
+    assert all(m["stages"][n]["cached"] for n in ("passes", "export-onnx-fp32", "eval-baseline", "eval-onnx-fp32"))
+
+
 def test_interrupted_run_resumes(tiny_checkpoints, recipe_file, tmp_path, monkeypatch, finished_run):
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)

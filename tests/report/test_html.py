@@ -45,3 +45,14 @@ def test_recipe_and_checkpoint_are_named_not_pathed():
     mine = copy.deepcopy(m)
     mine["recipe"]["source"] = "/home/me/my-recipe.yaml"
     assert "your recipe file my-recipe.yaml" in render(mine)
+
+
+def test_a_stage_an_interrupted_invocation_left_running_renders():
+    # a killed `compress` leaves its stage "running" (no cached / wall_s); a resumed run that no longer
+    # needs it (evaluation.variants left it out) still writes its report
+    m = manifest()
+    m["stages"]["eval-compressed"] = {"key": "abc", "started": "2026-12-03T12:00:00", "status": "running",
+                                      "what": "closed-loop evaluation of compressed (torch)"}
+    html = render(m)
+    row = html[html.index("<td>eval-compressed</td>"):]
+    assert row.startswith("<td>eval-compressed</td><td>running</td>")

@@ -10,7 +10,8 @@ A recipe says where the model goes and what it must still do there:
     exports: [{format: onnx, precision: int8-dynamic}]        # vla_compress.export configs
     deploy: onnx-int8-dynamic        # the variant the verdict is about (default: the last export)
     calibration: {episodes_per_task: 1, samples: 32, validation_samples: 8}   # dataset: a LeRobot dir to use instead
-    evaluation: {suite: metaworld-mt10, tasks: [...], episodes: 10, workers: 2}
+    evaluation: {suite: metaworld-mt10, tasks: [...], episodes: 10, workers: 2}   # variants: [names] to run
+                                     # only those in closed loop beside the baseline (default: every one)
     budgets: {max_success_drop: 0.10, confidence: 0.95, max_latency_ms: 50, min_control_hz: 20}
     profiling: {steps: 20, warmup: 3}
 
@@ -40,7 +41,7 @@ SECTION_KEYS = {
     "target": {"hardware", "runtime", "precision", "power_mode"},
     "calibration": {"episodes_per_task", "samples", "validation_samples", "seed", "dataset"},
     "evaluation": {"suite", "tasks", "episodes", "workers", "threads_per_worker", "max_steps", "sequential",
-                   "executor"},
+                   "executor", "variants"},
     "budgets": {"max_success_drop", "confidence", "max_latency_ms", "min_control_hz"},
     "profiling": {"steps", "warmup", "threads"},
 }
@@ -51,7 +52,8 @@ DEFAULTS: dict[str, Any] = {
     "deploy": None,
     "calibration": {"episodes_per_task": 1, "samples": 32, "validation_samples": 8, "seed": 0, "dataset": None},
     "evaluation": {"suite": "metaworld-mt10", "tasks": None, "episodes": 10, "workers": 2,
-                   "threads_per_worker": None, "max_steps": None, "sequential": None, "executor": None},
+                   "threads_per_worker": None, "max_steps": None, "sequential": None, "executor": None,
+                   "variants": None},
     "budgets": {"max_success_drop": 0.10, "confidence": 0.95, "max_latency_ms": None, "min_control_hz": None},
     "profiling": {"steps": 20, "warmup": 3, "threads": None},
 }
@@ -343,4 +345,15 @@ def validate_recipe(raw: dict, source: str = "<recipe>", lines: dict | None = No
     if data["deploy"] is not None and data["deploy"] not in ["baseline", *recipe.variant_names()]:
         fail(("deploy",), f"{data['deploy']!r} is not a variant of this recipe; variants: "
                           f"{', '.join(recipe.variant_names()) or '(none)'}")
+    chosen = data["evaluation"]["variants"]
+    if chosen is not None:  # which variants run in closed loop beside the baseline (null: every one)
+        known = recipe.variant_names()
+        if not isinstance(chosen, list) or not chosen or not all(isinstance(v, str) for v in chosen):
+            fail(("evaluation", "variants"), f"must be a non-empty list of variant names (or null for every "
+                                             f"variant), got {chosen!r}")
+        bad = [v for v in chosen if v not in known]
+        if bad:
+            fail(("evaluation", "variants"), f"{bad} are not variants of this recipe; variants: {', '.join(known)}")
+        if recipe.deploy not in ("baseline", *chosen):
+            fail(("evaluation", "variants"), f"must include the deployed variant {recipe.deploy!r} (the gate judges it)")
     return recipe

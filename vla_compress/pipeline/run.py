@@ -324,7 +324,11 @@ class Pipeline:
                                          precision=cfg.precision, status="error", error=str(e))
         # every runnable variant in the closed loop, same tasks and seeds
         runnable = []
+        chosen = self.recipe.evaluation.get("variants")
         for name, v in variants.items():
+            if chosen is not None and name not in ("baseline", *chosen):
+                variants[name] = v.skipped(f"not evaluated: evaluation.variants lists {', '.join(chosen)}")
+                continue
             if not v.runnable:
                 variants[name] = v.skipped(f"not evaluated: artifact {v.status}")
                 continue

@@ -193,7 +193,7 @@ class Search(Pipeline):
                                 key=source_key, status="error" if error else None, error=error)
                     out[name] = {**base, "export": None, "variant": v}
                     continue
-                cfg = export_config({"format": self.backend.format, "precision": precision})
+                cfg = export_config({"format": self.backend.format, "precision": precision, **self.backend.export_options})
                 name = f"cut{level}-{export_variant_name(cfg)}"
                 rec = {**base, "export": cfg.to_dict()}
                 if error:

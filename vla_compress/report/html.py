@@ -129,7 +129,8 @@ def build_view(m: dict) -> dict:
     est_parts = [p for p in COMPONENT_ORDER if any(p in (r.get("breakdown_ms") or {}) for r in est_all)]
     breakdown_est = [{"label": f"{r['variant']} ({r['precision']})", "values": r.get("breakdown_ms") or {}}
                      for r in est_all if not r.get("error")]
-    stages = [{"name": k, **v} for k, v in (m.get("stages") or {}).items()]
+    # a stage an interrupted invocation left running (and this one did not need) has no cached/wall_s yet
+    stages = [{"name": k, "cached": None, "wall_s": None, **v} for k, v in (m.get("stages") or {}).items()]
     target = (m.get("recipe") or {}).get("config", {}).get("target", {})
     deploy = verdict.get("deploy")
     summary = summary_card(m, rows, deploy, target)
