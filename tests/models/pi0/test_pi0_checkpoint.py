@@ -177,9 +177,6 @@ def _edit_pipeline(path, name, edit):
     ("policy_postprocessor.json", lambda s: s.insert(0, {"registry_name": "libero_processor", "config": {}}),
      "'libero_processor'.*not supported"),
     ("policy_preprocessor.json",
-     lambda s: [st["config"].update(enabled=True) for st in s if st["registry_name"] == "relative_actions_processor"],
-     "relative_actions_processor.*enabled=true.*not supported"),
-    ("policy_preprocessor.json",
      lambda s: [st["config"].update(float_dtype="bfloat16") for st in s if st["registry_name"] == "device_processor"],
      "device_processor.*float_dtype='bfloat16'.*not supported"),
 ])
@@ -237,7 +234,6 @@ def test_bad_weights_fail_loudly(pi0_dirs, copy_dir, edit, words):
 
 @pytest.mark.parametrize("change, words", [
     ({"paligemma_variant": "gemma_7b"}, "paligemma_variant"),
-    ({"use_relative_actions": True}, "use_relative_actions"),
     ({"n_action_steps": 9}, "n_action_steps"),
     ({"image_resolution": [16, 24]}, "not square"),
 ])
@@ -309,3 +305,61 @@ def test_normalize_observation_keys_leaves_other_observations_raw(pi0_dirs, copy
     raw = Pi0.from_pretrained(path).preprocess([obs])["state"][0, :5]
     assert torch.equal(raw, torch.from_numpy(obs["state"]))
     assert not torch.equal(load_vla(pi0_dirs["pi0", "float32"]).preprocess([obs])["state"][0, :5], raw)
+
+
+@pytest.mark.parametrize("kind", ["pi0", "pi05"])
+def test_relative_actions_add_the_prediction_time_state_back(tmp_path, kind):
+    """use_relative_actions: LeRobot's relative/absolute steps enabled; the chunk is offset by the raw state
+    of the observation it was predicted from, on every step, except the excluded (gripper) dimension."""
+    names = ["x.pos", "y.pos", "z.pos", "gripper.pos"]
+    absolute = load_vla(write_tiny_pi0(tmp_path / "abs", kind=kind, dtype="float32"))
+    rel_dir = write_tiny_pi0(tmp_path / "rel", kind=kind, dtype="float32", use_relative_actions=True,
+                             relative_exclude_joints=["gripper"], action_feature_names=names)
+    pre = json.loads((rel_dir / "policy_preprocessor.json").read_text())
+    step = next(s for s in pre["steps"] if s["registry_name"] == "relative_actions_processor")
+    assert step["config"] == {"enabled": True, "exclude_joints": ["gripper"], "action_names": names}
+    relative = load_vla(rel_dir)
+    obs = make_obs(3)
+    chunk = chunk_for(relative, [obs])[0].numpy()
+    assert np.array_equal(chunk, chunk_for(absolute, [obs])[0].numpy())  # same network, same noise
+    want = absolute.unnormalize_actions(chunk)
+    got = relative.unnormalize_actions(chunk)
+    offset = np.asarray(obs["state"], np.float32)[:4] * np.array([1, 1, 1, 0], np.float32)
+    np.testing.assert_allclose(got, want + offset, rtol=1e-6, atol=1e-6)
+    assert np.array_equal(got[:, 3], want[:, 3])  # the gripper stays absolute
+
+
+def test_relative_actions_reach_the_artifact_runtime(tmp_path):
+    from vla_compress.export import export, validate
+    from vla_compress.export.onnx import OnnxExportConfig
+    from vla_compress.runtime.onnxruntime_policy import OnnxRuntimePolicy
+
+    vla = load_vla(write_tiny_pi0(tmp_path / "rel", dtype="float32", use_relative_actions=True,
+                                  action_feature_names=["a", "b", "c", "gripper"]))
+    assert vla.processor.settings.relative_mask.tolist() == [True, True, True, False]
+    obs = [make_obs(i) for i in range(3)]
+    art = export(vla, OnnxExportConfig(), tmp_path / "onnx", example=obs[:2])
+    assert validate(art, vla, obs).passed
+    got = OnnxRuntimePolicy(art.path).infer(obs[1])  # the first noise draw of the artifact's seeded stream
+    x = vla.preprocess([obs[1]])
+    x["noise"] = torch.randn(vla.noise_shape(1), generator=torch.Generator().manual_seed(vla.noise_seed))
+    with torch.no_grad():
+        chunk = vla.predict_chunk(x)[0].numpy()
+    want = vla.unnormalize_actions(chunk)[: vla.cfg.n_action_steps]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    offset = np.asarray(obs[1]["state"], np.float32)[:3]
+    vla.processor.settings.relative_mask = None  # the same chunk read as absolute actions
+    np.testing.assert_allclose(got[:, :3] - vla.unnormalize_actions(chunk)[: vla.cfg.n_action_steps, :3],
+                               np.broadcast_to(offset, got[:, :3].shape), atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["relative_actions_processor", "absolute_actions_processor"])
+def test_one_sided_relative_actions_are_refused(pi0_dirs, copy_dir, which):
+    path = copy_dir(pi0_dirs["pi0", "float32"])
+    file = path / ("policy_preprocessor.json" if which.startswith("relative") else "policy_postprocessor.json")
+    pipe = json.loads(file.read_text())
+    next(s for s in pipe["steps"] if s["registry_name"] == which)["config"]["enabled"] = True
+    file.write_text(json.dumps(pipe))
+    with pytest.raises(CheckpointError, match=f"{which} is enabled but .* is not") as e:
+        Pi0.from_pretrained(path)
+    assert str(e.value).startswith(str(file))

@@ -108,8 +108,10 @@ def processor_files(policy: dict, stats: dict, tokenizer_name: str = "google/pal
     rename = {"registry_name": "rename_observations_processor", "config": {"rename_map": {}}}
     batch = {"registry_name": "to_batch_processor", "config": {}}
     device = {"registry_name": "device_processor", "config": {"device": "cpu", "float_dtype": None}}
+    relative_on = bool(policy.get("use_relative_actions"))  # LeRobot's factory: both steps follow the config
     relative = {"registry_name": "relative_actions_processor",
-                "config": {"enabled": False, "exclude_joints": ["gripper"], "action_names": None}}
+                "config": {"enabled": relative_on, "exclude_joints": list(policy.get("relative_exclude_joints") or []),
+                           "action_names": policy.get("action_feature_names")}}
     tokenizer = {"registry_name": "tokenizer_processor", "config": {
         "max_length": policy["tokenizer_max_length"], "task_key": "task", "padding_side": "right",
         "padding": "max_length", "truncation": True, "tokenizer_name": tokenizer_name}}
@@ -122,7 +124,7 @@ def processor_files(policy: dict, stats: dict, tokenizer_name: str = "google/pal
         pre = [rename, batch, relative, normalizer, {"registry_name": "pi05_prepare_state_tokenizer_processor_step",
                                                      "config": {"max_state_dim": policy["max_state_dim"],
                                                                 "task_key": "task"}}, tokenizer, device]
-    post = [unnormalizer, {"registry_name": "absolute_actions_processor", "config": {"enabled": False}}, device]
+    post = [unnormalizer, {"registry_name": "absolute_actions_processor", "config": {"enabled": relative_on}}, device]
     files = {}
     i_norm, i_unnorm = pre.index(normalizer), 0
     if pre_stats:

@@ -182,8 +182,6 @@ class Pi0Config:
         require_keys(d, ("input_features", "output_features"))
         if as_int(d, "n_obs_steps", 1) != 1:
             raise ConfigError(f"n_obs_steps={d['n_obs_steps']} is not supported (π0 uses 1)")
-        if d.get("use_relative_actions"):
-            raise ConfigError("use_relative_actions=true (actions relative to the state) is not supported")
         if isinstance(d.get("rtc_config"), dict) and d["rtc_config"].get("enabled"):
             raise ConfigError("real-time chunking (rtc_config.enabled) is not supported")
         kw: dict[str, Any] = {}

@@ -9,8 +9,14 @@ Pipelines LeRobot 0.6 writes (registry names; every other step is refused by nam
              normalizer_processor, pi05_prepare_state_tokenizer_processor_step, tokenizer_processor,
              device_processor
   post:      unnormalizer_processor, absolute_actions_processor, device_processor
-relative/absolute actions are accepted only with "enabled": false (the adapter's action contract
-has no state to add back). π0.5's prompt: the normalised state (the normalizer must come first)
+Relative actions (relative_actions_processor / absolute_actions_processor "enabled": true, LeRobot's
+use_relative_actions): the model predicts a chunk relative to the raw (unnormalised) state of the
+observation it was predicted from, a_abs = unnormalize(a_rel) + mask * state[:action_dim], the same
+offset for every step of the chunk (openpi's semantics; LeRobot's select_action queue re-adds the
+state of each later tick instead, which its own rollout code calls drift). The mask: every action
+dimension, except those whose `action_names` entry contains one of `exclude_joints` (lower-cased
+substring; the gripper by default); no names: every dimension. The processor keeps the raw states of
+its last call and `unnormalize_actions` adds them back. π0.5's prompt: the normalised state (the normalizer must come first)
 is cut into 256 bins over [-1, 1] (np.digitize(s, linspace(-1, 1, 257)[:-1]) - 1) and written as
 "Task: {task}, State: {b1 b2 ...};\\nAction: " (task stripped, "_" and "\\n" -> " ").
 
@@ -158,6 +164,19 @@ class ProcessorSettings:
     rename_map: dict[str, str] = field(default_factory=dict)
     newline: bool = False  # pi0_new_line_processor present
     state_prompt: bool = False  # pi05_prepare_state_tokenizer_processor_step present
+    relative_mask: np.ndarray | None = None  # relative actions: which action dims carry the state offset
+
+
+def relative_mask(conf: dict, action_dim: int) -> np.ndarray:
+    """LeRobot's relative-action mask: True (relative) unless the dimension's name contains an
+    excluded joint name (case-insensitive); names missing or shorter than action_dim: relative."""
+    names = conf.get("action_names")
+    exclude = [str(t).lower() for t in conf.get("exclude_joints") or []]
+    mask = np.ones(action_dim, dtype=bool)
+    if names and exclude:
+        for i, n in enumerate(list(names)[:action_dim]):
+            mask[i] = not any(t in str(n).lower() for t in exclude)
+    return mask
 
 
 def _steps(file: Path) -> list[dict]:
@@ -179,7 +198,7 @@ def read_pipelines(root: Path, cfg: Pi0Config) -> ProcessorSettings:
     pre_file, post_file = root / PREPROCESSOR, root / POSTPROCESSOR
     tokenizer = {"max_length": cfg.tokenizer_max_length, "padding": "max_length", "padding_side": "right",
                  "truncation": True, "tokenizer_name": DEFAULT_TOKENIZER}
-    found: dict = {"rename_map": {}, "newline": False, "state_prompt": False}
+    found: dict = {"rename_map": {}, "newline": False, "state_prompt": False, "relative": {}}
     seen: list[str] = []
     for file, known in ((pre_file, PRE_STEPS), (post_file, POST_STEPS)):
         for i, step in enumerate(_steps(file)):
@@ -195,9 +214,7 @@ def read_pipelines(root: Path, cfg: Pi0Config) -> ProcessorSettings:
                                             f"{', '.join(known + NO_OP_STEPS)}")
             seen.append(name)
             if name in ("relative_actions_processor", "absolute_actions_processor"):
-                if conf.get("enabled"):
-                    raise CheckpointError(file, f"step {i} ({name!r}) with enabled=true (actions relative to the "
-                                                "state) is not supported")
+                found["relative"][name] = (bool(conf.get("enabled")), conf, file)
             elif name == "tokenizer_processor":
                 tokenizer.update({k: conf[k] for k in ("max_length", "padding", "padding_side", "truncation",
                                                        "tokenizer_name") if k in conf})
@@ -221,7 +238,26 @@ def read_pipelines(root: Path, cfg: Pi0Config) -> ProcessorSettings:
         raise CheckpointError(pre_file, "needs a normalizer_processor step (and the postprocessor an "
                                         "unnormalizer_processor step)")
     return ProcessorSettings(found["normalizer_processor"], found["unnormalizer_processor"], tokenizer,
-                             found["rename_map"], found["newline"], found["state_prompt"])
+                             found["rename_map"], found["newline"], found["state_prompt"],
+                             _relative_actions(found["relative"], cfg, pre_file, post_file))
+
+
+def _relative_actions(steps: dict, cfg: Pi0Config, pre_file: Path, post_file: Path) -> np.ndarray | None:
+    """The relative-action mask when the pipelines turn relative actions on (both steps enabled), else
+    None; one step enabled without the other would add back an offset never removed (or the reverse)."""
+    rel = steps.get("relative_actions_processor", (False, {}, pre_file))
+    ab = steps.get("absolute_actions_processor", (False, {}, post_file))
+    if rel[0] != ab[0]:
+        on, off = (rel, ab) if rel[0] else (ab, rel)
+        name = {pre_file: "relative_actions_processor", post_file: "absolute_actions_processor"}
+        raise CheckpointError(on[2], f"{name[on[2]]} is enabled but {name[off[2]]} in {off[2].name} is not: "
+                                     "the actions would be offset by the state one way only")
+    if not rel[0]:
+        return None
+    if cfg.state_dim < cfg.action_dim:
+        raise CheckpointError(pre_file, f"relative actions pair state and action dimensions by index, but the state "
+                                        f"has {cfg.state_dim} values and the action {cfg.action_dim}")
+    return relative_mask(rel[1], cfg.action_dim)
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -262,6 +298,7 @@ class Pi0Processor:
                         names[src[len(prefix):]] = dst
                         break
         self.camera_names = names
+        self.last_raw_state: np.ndarray | None = None  # (B, state_dim) of the last call, robot units
 
     def _image(self, im, cam: str) -> torch.Tensor:
         a = np.asarray(im)
@@ -305,6 +342,7 @@ class Pi0Processor:
             if s.shape != feat.shape:
                 raise ObservationError(f"state has {s.shape[0]} values, expected {feat.shape[0]}")
             rows.append(torch.from_numpy(s.copy()))
+        self.last_raw_state = torch.stack(rows).numpy()  # what relative actions are offset by
         return self.settings.normalizer(feat.key, torch.stack(rows))
 
     def prompts(self, observations: list[dict], state: torch.Tensor) -> list[str]:
@@ -331,4 +369,16 @@ class Pi0Processor:
     def unnormalize_actions(self, chunk: np.ndarray) -> np.ndarray:
         key = self.cfg.action_feature.key  # type: ignore[union-attr]
         out = self.settings.unnormalizer(key, torch.as_tensor(np.asarray(chunk, dtype=np.float32)), inverse=True)
-        return out.numpy().astype(np.float32)
+        out = out.numpy().astype(np.float32)
+        mask = self.settings.relative_mask
+        if mask is None:
+            return out
+        state = self.last_raw_state
+        if state is None:
+            raise ObservationError("relative actions: no state to add back (preprocess the observation the chunk "
+                                   "was predicted from first)")
+        rows = state[:, None, :] if out.ndim == 3 else state
+        if out.ndim not in (2, 3) or (out.ndim == 2 and len(state) != 1) or (out.ndim == 3 and len(out) != len(state)):
+            raise ObservationError(f"relative actions: a chunk of shape {out.shape} does not match the last "
+                                   f"preprocessed batch of {len(state)} observation(s)")
+        return (out + rows[..., : mask.size] * mask).astype(np.float32)
