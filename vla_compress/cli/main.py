@@ -84,7 +84,9 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
 
 @main.command("eval")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--suite", default="metaworld-mt10", show_default=True)
+@click.option("--suite", default="metaworld-mt10", show_default=True,
+              help="metaworld-mt10 (the project's conventions: 128 px corner camera, 300 steps) or lerobot-metaworld "
+                   "(LeRobot 0.6's MetaworldEnv: corner2 at 480 px rotated 180 degrees, 500 steps, seeds 1000+).")
 @click.option("--tasks", default="", help="Comma-separated subset of the suite's tasks.")
 @click.option("--episodes", default=10, show_default=True, help="Episodes per task (seeded, disjoint from demo seeds).")
 @click.option("--workers", default=2, show_default=True, help="Parallel worker processes.")
@@ -94,7 +96,7 @@ def inspect(checkpoint: Path, json_out: Path | None, allow_pickle: bool) -> None
               help=f"Runtime that runs the checkpoint/artifact: {known_runtimes()}.")
 @click.option("--execute-steps", type=int, default=None,
               help="Actions executed from each predicted chunk before the policy runs again (default: the whole chunk).")
-@click.option("--max-steps", type=int, default=None, help="Episode step limit (default: the suite's, 300 for MetaWorld).")
+@click.option("--max-steps", type=int, default=None, help="Episode step limit (default: the suite's: 300 for metaworld-mt10, 500 for lerobot-metaworld).")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Write the full result (per task, per episode) as JSON. Episodes are also appended to "
                    "OUT's .episodes.jsonl as they finish, so an interrupted run resumes from them.")

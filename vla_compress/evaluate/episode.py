@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import ConfigError
-from .metaworld_env import cameras_read_by
 from .suites import get_suite
 
 
@@ -82,7 +81,7 @@ class EpisodeWorker:
         torch.set_num_threads(threads)
         self.policy = spec.build()
         self.suite = get_suite(**suite_args)
-        self.cameras = cameras_read_by(self.policy)
+        self.cameras = self.suite.policy_cameras(self.policy)
 
     def run(self, task: str, seed: int) -> EpisodeResult:
         return run_episode(self.policy, self.suite.make_env(task, self.cameras), seed)

@@ -95,6 +95,7 @@ def summarize(results: list[EpisodeResult], suite: Suite, spec: PolicySpec | Non
     lat = [r.mean_infer_ms for r in results if r.inferences]
     return {
         "suite": suite.name,
+        "suite_facts": suite.describe(),
         "policy": asdict(spec) if spec else None,
         "episodes_per_task": episodes,
         "first_episode": first_episode,

@@ -398,8 +398,8 @@ def format_of(runtime: str) -> str | None:
 
 
 def _eval_summary(r: dict) -> dict:
-    return {k: r[k] for k in ("suite", "episodes_per_task", "mean_success", "pooled", "per_task", "latency_ms",
-                              "wall_s", "episodes")}
+    return {k: r[k] for k in ("suite", "suite_facts", "episodes_per_task", "mean_success", "pooled", "per_task",
+                              "latency_ms", "wall_s", "episodes") if k in r}
 
 
 def profile_variants(variants: dict[str, Variant], observations: list[dict], target: dict, prof: dict,
