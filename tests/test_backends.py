@@ -119,3 +119,15 @@ def test_cli_names_the_backends_and_rejects_an_unknown_runtime_in_one_line(tmp_p
     assert "\n" not in res.stderr.strip()
     help_text = CliRunner().invoke(main, ["export", "--help"]).output
     assert "gguf, onnx, openvino, tensorrt" in help_text and "q4_k_m" in help_text
+
+
+def test_export_options_are_valid_configs_of_their_format():
+    # what a search exports with for each runtime: ONNX Runtime gets graphs fused for its kernels
+    from vla_compress.export.registry import config_from_dict
+
+    assert B.get_backend("onnxruntime").export_options == {"optimize": "ort"}
+    for b in B.backends():
+        if b.format and b.export_options:
+            for p in b.precisions:
+                cfg = config_from_dict({"format": b.format, "precision": p, **b.export_options})
+                assert all(getattr(cfg, k) == v for k, v in b.export_options.items())

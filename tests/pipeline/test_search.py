@@ -53,7 +53,7 @@ def test_search_evaluates_the_shortlist_and_writes_a_recipe_compress_loads(searc
     win = next(r for r in s["candidates"] if r["name"] == s["winner"])
     recipe = load_recipe(recipe_path)
     assert recipe.budgets["max_latency_ms"] == 1000.0 and recipe.target["precision"] == win["precision"]
-    assert [e.to_dict() for e in recipe.exports] == [win["export"]]
+    assert [e.to_dict() for e in recipe.exports] == [win["export"]] and win["export"]["optimize"] == "ort"
     assert len(recipe.passes) == win["level"]
     assert recipe.deploy == "onnx-" + win["export"]["precision"]
     html = (searched / "report.html").read_text()
