@@ -85,9 +85,8 @@ def test_the_frame_goes_to_the_policys_one_camera():
     with pytest.raises(ConfigError, match="renders one camera .corner2.*the policy reads 2: top, wrist"):
         lm.camera_key_for(("top", "wrist"))
 
-    class Processor:
-        class cfg:
-            cameras = ("camera1", "empty_camera_0")
+    class Processor:  # an artifact processor names its cameras (SmolVLA's: placeholders included)
+        cameras = ("camera1", "empty_camera_0")
 
     class Policy:
         processor = Processor()
@@ -104,3 +103,22 @@ def test_evaluate_on_the_suite_records_its_facts(tiny_checkpoints):
     assert facts["name"] == "lerobot-metaworld" and facts["package"] == "metaworld"
     assert facts["conventions"]["camera"] == "corner2" and facts["conventions"]["max_steps"] == 500
     assert get_suite("metaworld-mt10").describe()["fidelity"].startswith("the project's own")
+
+
+def test_a_smolvla_artifact_maps_its_one_camera(tmp_path):
+    # LeRobot's MetaWorld SmolVLA: one camera (camera1) and two placeholder cameras; the artifact
+    # runtime names them from its own files, so the frame goes to camera1
+    from vla_compress.export import export
+    from vla_compress.export.onnx import OnnxExportConfig
+    from vla_compress.models import load_vla
+    from vla_compress.models.smolvla.fixtures import write_tiny_smolvla
+    from vla_compress.runtime.onnxruntime_policy import OnnxRuntimePolicy
+
+    feats = {"observation.state": {"type": "STATE", "shape": [4]},
+             "observation.images.camera1": {"type": "VISUAL", "shape": [3, 32, 32]}}
+    vla = load_vla(write_tiny_smolvla(tmp_path / "ckpt", dtype="float32", empty_cameras=2, input_features=feats))
+    obs = vla.dummy_observation()
+    assert list(obs["images"]) == ["camera1"]
+    art = export(vla, OnnxExportConfig(), tmp_path / "onnx", example=[obs, obs])
+    cams = lm.policy_cameras(OnnxRuntimePolicy(art.path, allow_failed=True))
+    assert cams == ("camera1", "empty_camera_0", "empty_camera_1") and lm.camera_key_for(cams) == "camera1"

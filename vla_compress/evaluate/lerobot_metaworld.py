@@ -153,9 +153,8 @@ class LeRobotMetaWorldEnv:
 
 def policy_cameras(policy: Any) -> tuple[str, ...] | None:
     """The camera names a policy's observations carry, whatever they are called (a torch model's
-    `cameras`, an artifact processor's, or its config's, placeholders included)."""
-    processor = getattr(policy, "processor", None)
-    for owner in (policy, getattr(policy, "vla", None), processor, getattr(processor, "cfg", None)):
+    `cameras`, or an artifact processor's, placeholders included)."""
+    for owner in (policy, getattr(policy, "vla", None), getattr(policy, "processor", None)):
         try:
             cams = getattr(owner, "cameras", None)
         except NotImplementedError:  # an adapter without dummy_observation

@@ -48,6 +48,11 @@ class SmolVLAArtifactProcessor(ArtifactProcessor):
         feeds["noise"] = torch.randn(shape, generator=self.noise_generator, dtype=torch.float32).numpy()
         return feeds
 
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        """The camera names of the model's image features, placeholders (empty_camera_*) included."""
+        return tuple(self.cfg.cameras)
+
     def unnormalize(self, chunk: np.ndarray) -> np.ndarray:
         """Robot-unit actions of the chunk's first n_action_steps (what select_action executes)."""
         return self.processor.unnormalize_actions(chunk)[: self.cfg.n_action_steps]
