@@ -370,7 +370,7 @@ def load_model(spec: str) -> tuple[Any, str, Path | None]:
 
 def run_rows(run: Path, model_name: str, builders: dict, parity: dict, skipped: dict) -> None:
     """Each export of a compress run (RUN/stages/export-*/artifact) whose validation passed, as a
-    project row "run RECIPE: format precision" run in its own runtime; the run must be of this model."""
+    project row "run DIR (RECIPE): format precision" run in its own runtime; the run must be of this model."""
     import json
 
     from vla_compress.evaluate.rollout import PolicySpec
@@ -383,7 +383,7 @@ def run_rows(run: Path, model_name: str, builders: dict, parity: dict, skipped: 
         raise SystemExit(f"{run}: a run of {manifest['checkpoint']['path']}, not of {model_name}")
     for meta in sorted(run.glob("stages/export-*/artifact/artifact.json")):
         art = Artifact.load(meta.parent)
-        label = f"run {recipe}: {art.format} {art.precision}"
+        label = f"run {run.name} ({recipe}): {art.format} {art.precision}"
         if art.format not in ("onnx", "openvino"):
             skipped[label] = f"{art.format} does not run on this CPU"
             continue
