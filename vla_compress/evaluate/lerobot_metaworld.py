@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SimulationError
-from .metaworld_env import CameraSpec, StepFrames, ensure_gl_backend
+from .metaworld_env import CameraSpec, StepFrames, declared_cameras, ensure_gl_backend
 
 CAMERA = "corner2"
 CAMERA_POS = (0.75, 0.075, 0.7)
@@ -154,14 +154,7 @@ class LeRobotMetaWorldEnv:
 def policy_cameras(policy: Any) -> tuple[str, ...] | None:
     """The camera names a policy's observations carry, whatever they are called (a torch model's
     `cameras`, or an artifact processor's, placeholders included)."""
-    for owner in (policy, getattr(policy, "vla", None), getattr(policy, "processor", None)):
-        try:
-            cams = getattr(owner, "cameras", None)
-        except NotImplementedError:  # an adapter without dummy_observation
-            cams = None
-        if cams and all(isinstance(c, str) for c in cams):
-            return tuple(cams)
-    return None
+    return declared_cameras(policy)
 
 
 def camera_key_for(cameras: tuple[str, ...] | None) -> str:

@@ -84,17 +84,23 @@ def camera_specs(camera: "CameraSpec | tuple[CameraSpec, ...] | list[CameraSpec]
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "gripperPOV", "behindGripper")
 
 
-def cameras_read_by(obj: object) -> tuple[str, ...] | None:
-    """The MetaWorld camera names a model, policy or artifact processor reads (its `cameras`), when
-    they are MetaWorld cameras (the reference family names them); None means the default camera."""
+def declared_cameras(obj: object, accept=lambda cams: True) -> tuple[str, ...] | None:
+    """The camera names a model, policy or artifact processor reads (the first `cameras` of the object,
+    its `vla`, its `processor` that `accept` takes), or None."""
     for owner in (obj, getattr(obj, "vla", None), getattr(obj, "processor", None)):
         try:
             cams = getattr(owner, "cameras", None)
         except NotImplementedError:  # an adapter without dummy_observation
             cams = None
-        if cams and all(c in METAWORLD_CAMERAS for c in cams):
+        if cams and all(isinstance(c, str) for c in cams) and accept(cams):
             return tuple(cams)
     return None
+
+
+def cameras_read_by(obj: object) -> tuple[str, ...] | None:
+    """The MetaWorld camera names a model, policy or artifact processor reads, when they are MetaWorld
+    cameras (the reference family names them); None means the default camera."""
+    return declared_cameras(obj, lambda cams: all(c in METAWORLD_CAMERAS for c in cams))
 
 
 def make_gym_env(task: str, seed: int, max_steps: int = 300):

@@ -6,7 +6,7 @@ knows about MetaWorld, so LIBERO (or a user's suite) plugs in by registering her
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Protocol
 
 from ..errors import ConfigError
@@ -89,5 +89,5 @@ def get_suite(name: str, tasks: list[str] | None = None, **kwargs) -> Suite:
         unknown = [t for t in tasks if t not in suite.tasks]
         if unknown:
             raise ConfigError(f"suite {name!r} has no task(s) {unknown}; it has {list(suite.tasks)}")
-        suite = Suite(suite.name, tuple(tasks), suite.make_env, suite.seed_fn, suite.cameras_of, suite.facts)
+        suite = replace(suite, tasks=tuple(tasks))
     return suite

@@ -332,7 +332,8 @@ class Pi0Processor:
         imgs += [torch.full_like(imgs[0], -1.0)] * n_missing
         return torch.stack(imgs, dim=1), torch.stack(masks, dim=1)
 
-    def normalized_state(self, observations: list[dict]) -> torch.Tensor:
+    def raw_state(self, observations: list[dict]) -> np.ndarray:
+        """(B, state_dim) float32 states in robot units, checked against the state feature."""
         feat = self.cfg.state_feature
         rows = []
         for obs in observations:
@@ -341,9 +342,12 @@ class Pi0Processor:
             s = np.asarray(obs["state"], dtype=np.float32).reshape(-1)
             if s.shape != feat.shape:
                 raise ObservationError(f"state has {s.shape[0]} values, expected {feat.shape[0]}")
-            rows.append(torch.from_numpy(s.copy()))
-        self.last_raw_state = torch.stack(rows).numpy()  # what relative actions are offset by
-        return self.settings.normalizer(feat.key, torch.stack(rows))
+            rows.append(s)
+        return np.stack(rows)
+
+    def normalized_state(self, observations: list[dict], raw: np.ndarray | None = None) -> torch.Tensor:
+        raw = self.raw_state(observations) if raw is None else raw
+        return self.settings.normalizer(self.cfg.state_feature.key, torch.from_numpy(raw.copy()))
 
     def prompts(self, observations: list[dict], state: torch.Tensor) -> list[str]:
         for obs in observations:
@@ -361,7 +365,9 @@ class Pi0Processor:
         if not observations:
             raise ObservationError("no observations given")
         pixels, masks = self.images(observations)
-        state = self.normalized_state(observations)
+        raw = self.raw_state(observations)
+        self.last_raw_state = raw  # what relative actions are offset by (unnormalize_actions)
+        state = self.normalized_state(observations, raw)
         ids, lang_mask = self.tokenizer(self.prompts(observations, state))
         return {"pixel_values": pixels, "image_masks": masks, "lang_tokens": ids, "lang_masks": lang_mask,
                 "state": F.pad(state, (0, self.cfg.max_state_dim - state.shape[1]))}
