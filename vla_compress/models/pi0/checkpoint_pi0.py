@@ -64,15 +64,21 @@ def tiny_policy_config(kind: str = "pi0") -> dict:
 
 # --------------------------------------------------------------------------------------- tokenizer
 def build_tiny_tokenizer():
-    """Byte-level BPE with Gemma's special-token ids, <bos> prepended by the post-processor."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """A BPE in the form of Gemma's own tokenizer.json (spaces normalised to "\u2581", no pre-tokenizer,
+    byte fallback, fused unknowns, Gemma's special-token ids, <bos> prepended), so the `tokenizers`
+    library reading the file and transformers 5's `GemmaTokenizer` (which rebuilds Gemma's pipeline
+    around the file's vocabulary, as LeRobot loads it) give the same ids."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
+    tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    # trained word by word (no piece spans a "\u2581"), so the saved file needs no pre-tokenizer, as Gemma's
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
     trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  initial_alphabet=[chr(c) for c in range(32, 127)] + ["\n", "\u2581"])
     tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.pre_tokenizer = None
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
                                                        special_tokens=[("<bos>", tok.token_to_id("<bos>"))])
     return tok

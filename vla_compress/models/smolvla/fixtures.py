@@ -81,15 +81,29 @@ def vlm_config_dict(vision: dict | None = None, text: dict | None = None, scale_
 
 def tiny_vlm_files(config: dict) -> dict[str, bytes]:
     """What SmolVLA reads of a SmolVLM directory: `config` as config.json, the tiny tokenizer, and
-    the video processor config SmolVLM2 ships (carried, never read)."""
+    the image / video / processor configs SmolVLM2 ships (carried, never read by vla-compress)."""
     special = {"bos_token": "<|im_start|>", "eos_token": "<end_of_utterance>", "pad_token": "<|im_end|>",
                "unk_token": "<|endoftext|>"}
     files = {"tokenizer.json": build_tiny_tokenizer().to_str(pretty=True),
              "tokenizer_config.json": {**special, "add_prefix_space": False, "clean_up_tokenization_spaces": False,
                                        "model_max_length": 8192, "tokenizer_class": "GPT2Tokenizer",
-                                       "processor_class": "SmolVLMProcessor"},
+                                       "processor_class": "SmolVLMProcessor",
+                                       # as SmolVLM2's: LeRobot's SmolVLA reads tokenizer.fake_image_token_id etc.
+                                       "extra_special_tokens": {"fake_image_token": "<fake_token_around_image>",
+                                                                "image_token": "<image>",
+                                                                "global_image_token": "<global-img>",
+                                                                "end_of_utterance_token": "<end_of_utterance>"}},
              "special_tokens_map.json": {**special, "additional_special_tokens": ADDED},
-             # SmolVLM2's video processor settings (AutoProcessor reads them; SmolVLA's policy does not)
+             # SmolVLM2's processor settings: LeRobot's SmolVLMWithExpert builds AutoProcessor from this
+             # folder (so it needs the image, video and processor configs), SmolVLA's policy reads none of them
+             "preprocessor_config.json": {"image_processor_type": "SmolVLMImageProcessor",
+                                          "processor_class": "SmolVLMProcessor", "do_convert_rgb": True,
+                                          "do_resize": True, "size": {"longest_edge": 2048},
+                                          "do_image_splitting": True, "max_image_size": {"longest_edge": 512},
+                                          "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+                                          "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+                                          "do_pad": True, "resample": 1},
+             "processor_config.json": {"processor_class": "SmolVLMProcessor", "image_seq_len": 64},
              "video_preprocessor_config.json": {"video_processor_type": "SmolVLMVideoProcessor",
                                                 "processor_class": "SmolVLMProcessor", "fps": 1,
                                                 "size": {"longest_edge": 512}, "do_resize": True},

@@ -1,0 +1,107 @@
+"""LeRobot itself against vla-compress on the same checkpoints: the tiny π0, π0.5 and SmolVLA fixtures
+(written in LeRobot's layout) are loaded by LeRobot 0.6.1's own policy classes and processor
+pipelines, given the same observation and noise, and must predict the same action chunk as
+vla-compress's loaders, through the same tokens.
+
+LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12, so it cannot live in this environment: it runs in
+its own venv, named by $VLA_COMPRESS_LEROBOT_PYTHON, e.g.
+
+    python3.12 -m venv /opt/lerobot && /opt/lerobot/bin/pip install "lerobot[smolvla,pi]==0.6.1" "torch<2.12"
+    VLA_COMPRESS_LEROBOT_PYTHON=/opt/lerobot/bin/python python3 -m pytest -m slow tests/lerobot
+
+Slow (each case starts LeRobot in a fresh interpreter, ~15 s); skipped with the reason when no
+LeRobot interpreter is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vla_compress.models import load_vla
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).resolve().parent
+LEROBOT_PYTHON = os.environ.get("VLA_COMPRESS_LEROBOT_PYTHON")
+
+
+def lerobot_python() -> str:
+    if not LEROBOT_PYTHON:
+        pytest.skip("LeRobot is not importable here (it needs Python >= 3.12 and torch < 2.12): set "
+                    "VLA_COMPRESS_LEROBOT_PYTHON to the python of a venv with lerobot[smolvla,pi]==0.6.1")
+    if not Path(LEROBOT_PYTHON).is_file():
+        pytest.fail(f"VLA_COMPRESS_LEROBOT_PYTHON={LEROBOT_PYTHON}: no such file")
+    return LEROBOT_PYTHON
+
+
+def pi0_case(tmp, kind, dtype, **overrides):
+    from vla_compress.models.pi0.fixtures import write_tiny_pi0
+
+    from ..models.pi0.conftest import make_obs
+    return write_tiny_pi0(tmp / f"{kind}-{dtype}", seed=3, kind=kind, dtype=dtype, **overrides), make_obs(0)
+
+
+def smolvla_case(tmp, name, **kw):
+    from vla_compress.models.smolvla.fixtures import write_tiny_smolvla
+
+    from ..models.smolvla.conftest import make_obs
+    return write_tiny_smolvla(tmp / name, seed=2, **kw), make_obs(0)
+
+
+def lerobot_defaults():
+    from vla_compress.models.smolvla.fixtures import LEROBOT_DEFAULTS
+    return dict(LEROBOT_DEFAULTS)
+
+
+CASES = {
+    "pi0-bf16": lambda t: pi0_case(t, "pi0", "mixed"),
+    "pi0-fp32": lambda t: pi0_case(t, "pi0", "float32"),
+    "pi0-relative-actions": lambda t: pi0_case(t, "pi0", "mixed", use_relative_actions=True,
+                                               action_feature_names=["x", "y", "z", "gripper"]),
+    "pi05-bf16": lambda t: pi0_case(t, "pi05", "mixed"),
+    "pi05-fp32": lambda t: pi0_case(t, "pi05", "float32"),
+    "smolvla-bf16": lambda t: smolvla_case(t, "smolvla-bf16"),
+    "smolvla-fp32": lambda t: smolvla_case(t, "smolvla-fp32", dtype="float32"),
+    "smolvla-lerobot-defaults": lambda t: smolvla_case(t, "smolvla-defaults", empty_cameras=1, **lerobot_defaults()),
+    "smolvla-mean-std-images": lambda t: smolvla_case(t, "smolvla-mean-std", normalization="MEAN_STD"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lerobot_predicts_what_vla_compress_predicts(case, tmp_path):
+    python = lerobot_python()
+    path, obs = CASES[case](tmp_path)
+    vla = load_vla(path)
+    x = vla.preprocess([obs])
+    noise = torch.randn(vla.noise_shape(1), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        chunk_norm = vla.predict_chunk({**x, "noise": noise}).numpy()
+    chunk = vla.unnormalize_actions(chunk_norm)
+
+    np.savez(tmp_path / "in.npz", state=obs["state"][None], noise=noise.numpy(), instruction=np.array(obs["instruction"]),
+             **{f"image.{k}": v[None] for k, v in obs["images"].items()})
+    job = {"checkpoint": str(path), "inputs": str(tmp_path / "in.npz"), "out": str(tmp_path / "out.npz")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([python, str(HERE / "predict_in_lerobot.py"), str(tmp_path / "job.json")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    lr = np.load(tmp_path / "out.npz")
+
+    assert list(lr["missing_keys"]) in ([], ["model.paligemma_with_expert.paligemma.model.language_model"
+                                             ".embed_tokens.weight"])  # π0: tied to lm_head, as LeRobot saves it
+    assert list(lr["unexpected_keys"]) == []
+    if "lang_tokens" in x:  # the same prompt tokens through LeRobot's tokenizer step (transformers' GemmaTokenizer)
+        np.testing.assert_array_equal(x["lang_tokens"].numpy(), lr["pre.observation.language.tokens"])
+        np.testing.assert_array_equal(x["lang_masks"].numpy().astype(bool),
+                                      lr["pre.observation.language.attention_mask"].astype(bool))
+    assert lr["chunk"].shape == chunk.shape
+    np.testing.assert_allclose(chunk_norm, lr["chunk_normalized"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(chunk, lr["chunk"], atol=1e-5 * max(1.0, float(np.abs(chunk).max())), rtol=0)
