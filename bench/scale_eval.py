@@ -132,6 +132,10 @@ def main() -> None:
             finally:
                 ex.close()
         elif name == "ray-2-nodes":
+            # One auth mode for the nodes and this driver: Ray 2.60 turns token auth on for a `ray start`
+            # when ~/.ray/auth_token exists (a local ray.init() writes it), and a driver left in another
+            # mode is refused ("InvalidAuthToken"). Token auth, Ray's default, with that token file.
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
             port, logs = free_port(), Path(tempfile.mkdtemp(prefix="scale-eval-ray-"))  # the nodes' own output
             addr = f"127.0.0.1:{port}"
             procs = []
@@ -161,6 +165,8 @@ def main() -> None:
                     stop_node(p)
         else:
             raise SystemExit(f"unknown config {name!r}")
+        # what is measured so far, kept if a later configuration fails
+        write_json(args.out.with_suffix(".partial.json"), {"commit": commit, "runs": rows})
 
     ref = rows[0]["outcomes"]
     for r in rows:
@@ -173,8 +179,9 @@ def main() -> None:
     for r in rows:
         del r["outcomes"]
     write_json(args.out, out)
-    print(f"\n| config | workers | episodes | wall (s) | episodes/s | first episode (s) | cluster start (s) | "
-          f"identical outcomes |\n|---|---|---|---|---|---|---|---|")
+    args.out.with_suffix(".partial.json").unlink(missing_ok=True)
+    print("\n| config | workers | episodes | wall (s) | episodes/s | first episode (s) | cluster start (s) | "
+          "identical outcomes |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['workers']} | {r['episodes']} | {r['wall_s']:.1f} | {r['episodes_per_s']:.3f} | "
               f"{r['first_episode_s']} | {r.get('cluster_start_s', '-')} | {r['outcomes_identical_to_first']} |")

@@ -105,3 +105,46 @@ def test_lerobot_predicts_what_vla_compress_predicts(case, tmp_path):
     assert lr["chunk"].shape == chunk.shape
     np.testing.assert_allclose(chunk_norm, lr["chunk_normalized"], atol=1e-5, rtol=0)
     np.testing.assert_allclose(chunk, lr["chunk"], atol=1e-5 * max(1.0, float(np.abs(chunk).max())), rtol=0)
+
+
+# --------------------------------------------------------------------------- lerobot-metaworld suite
+@pytest.mark.parametrize("task", ["reach-v3", "drawer-open-v3"])
+def test_lerobot_metaworld_suite_observes_what_lerobots_env_observes(task, tmp_path):
+    """The `lerobot-metaworld` suite against LeRobot's own MetaworldEnv: the same seeds, the same 30
+    actions, the same frames (bit for bit), agent_pos and success flags."""
+    python = lerobot_python()
+    from vla_compress.evaluate.lerobot_metaworld import LeRobotMetaWorldEnv, seed_for
+
+    seeds = [seed_for(task, 0), seed_for(task, 1)]
+    actions = np.random.default_rng(0).uniform(-1, 1, (30, 4)).astype(np.float32)
+    record = [0, 10, 30]
+    np.savez(tmp_path / "actions.npz", actions=actions)
+    job = {"task": task, "seeds": seeds, "actions": str(tmp_path / "actions.npz"), "record": record,
+           "out": str(tmp_path / "out.npz")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([python, str(HERE / "metaworld_in_lerobot.py"), str(tmp_path / "job.json")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    lr = np.load(tmp_path / "out.npz")
+
+    for seed in seeds:
+        ours = LeRobotMetaWorldEnv(task)
+        obs, _ = ours.reset(seed)
+        pos, success = [obs["state"]], []
+        frames = {0: ours.render()}
+        for t, a in enumerate(actions, start=1):
+            obs, _, ok, _ = ours.step(a)
+            pos.append(obs["state"])
+            success.append(ok)
+            if t in record:
+                frames[t] = ours.render()
+        ours.close()
+        n = len(success) if True not in success else success.index(True) + 1  # LeRobot resets after a success
+        np.testing.assert_array_equal(np.asarray(success[:n]), lr[f"success.{seed}"][:n])
+        np.testing.assert_allclose(np.asarray(pos[:n + 1], dtype=np.float64), lr[f"agent_pos.{seed}"][:n + 1],
+                                   atol=1e-6, rtol=0)
+        for t in record:
+            if t <= n:
+                assert frames[t].shape == lr[f"pixels.{seed}.{t}"].shape == (480, 480, 3)
+                np.testing.assert_array_equal(frames[t], lr[f"pixels.{seed}.{t}"], err_msg=f"{task} seed {seed} step {t}")
