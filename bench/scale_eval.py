@@ -109,6 +109,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "bench/results/scale_eval.json")
     args = ap.parse_args()
 
+    # One auth mode for the `ray start` nodes and this driver, set before Ray is imported (it reads the
+    # mode once): Ray 2.60 turns token auth on for a `ray start` when ~/.ray/auth_token exists (a
+    # local ray.init() writes it) and refused a driver left in another mode ("InvalidAuthToken").
+    # Token auth, Ray's default for new clusters, with that token file.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     # the code measured: HEAD when the run starts (others may commit while it runs)
@@ -132,10 +137,6 @@ def main() -> None:
             finally:
                 ex.close()
         elif name == "ray-2-nodes":
-            # One auth mode for the nodes and this driver: Ray 2.60 turns token auth on for a `ray start`
-            # when ~/.ray/auth_token exists (a local ray.init() writes it), and a driver left in another
-            # mode is refused ("InvalidAuthToken"). Token auth, Ray's default, with that token file.
-            os.environ.setdefault("RAY_AUTH_MODE", "token")
             port, logs = free_port(), Path(tempfile.mkdtemp(prefix="scale-eval-ray-"))  # the nodes' own output
             addr = f"127.0.0.1:{port}"
             procs = []
