@@ -1,12 +1,14 @@
 """LeRobot itself against vla-compress on the same checkpoints: the tiny π0, π0.5 and SmolVLA fixtures
 (written in LeRobot's layout) are loaded by LeRobot 0.6.1's own policy classes and processor
 pipelines, given the same observation and noise, and must predict the same action chunk as
-vla-compress's loaders, through the same tokens.
+vla-compress's loaders, through the same tokens; and LeRobot's MetaworldEnv must observe what the
+`lerobot-metaworld` suite observes.
 
 LeRobot 0.6.1 needs Python >= 3.12 and torch < 2.12, so it cannot live in this environment: it runs in
 its own venv, named by $VLA_COMPRESS_LEROBOT_PYTHON, e.g.
 
-    python3.12 -m venv /opt/lerobot && /opt/lerobot/bin/pip install "lerobot[smolvla,pi]==0.6.1" "torch<2.12"
+    python3.12 -m venv /opt/lerobot && /opt/lerobot/bin/pip install "lerobot[smolvla,pi,metaworld]==0.6.1" \
+        "torch<2.12" "mujoco==3.3.0"   # MuJoCo 4 breaks LeRobot's metaworld 3.0.0
     VLA_COMPRESS_LEROBOT_PYTHON=/opt/lerobot/bin/python python3 -m pytest -m slow tests/lerobot
 
 Slow (each case starts LeRobot in a fresh interpreter, ~15 s); skipped with the reason when no
@@ -35,7 +37,8 @@ LEROBOT_PYTHON = os.environ.get("VLA_COMPRESS_LEROBOT_PYTHON")
 def lerobot_python() -> str:
     if not LEROBOT_PYTHON:
         pytest.skip("LeRobot is not importable here (it needs Python >= 3.12 and torch < 2.12): set "
-                    "VLA_COMPRESS_LEROBOT_PYTHON to the python of a venv with lerobot[smolvla,pi]==0.6.1")
+                    "VLA_COMPRESS_LEROBOT_PYTHON to the python of a venv with "
+                    "lerobot[smolvla,pi,metaworld]==0.6.1 and mujoco==3.3.0")
     if not Path(LEROBOT_PYTHON).is_file():
         pytest.fail(f"VLA_COMPRESS_LEROBOT_PYTHON={LEROBOT_PYTHON}: no such file")
     return LEROBOT_PYTHON
@@ -85,7 +88,8 @@ def test_lerobot_predicts_what_vla_compress_predicts(case, tmp_path):
         chunk_norm = vla.predict_chunk({**x, "noise": noise}).numpy()
     chunk = vla.unnormalize_actions(chunk_norm)
 
-    np.savez(tmp_path / "in.npz", state=obs["state"][None], noise=noise.numpy(), instruction=np.array(obs["instruction"]),
+    np.savez(tmp_path / "in.npz", state=obs["state"][None], noise=noise.numpy(),
+             instruction=np.array(obs["instruction"]),
              **{f"image.{k}": v[None] for k, v in obs["images"].items()})
     job = {"checkpoint": str(path), "inputs": str(tmp_path / "in.npz"), "out": str(tmp_path / "out.npz")}
     (tmp_path / "job.json").write_text(json.dumps(job))
@@ -147,4 +151,5 @@ def test_lerobot_metaworld_suite_observes_what_lerobots_env_observes(task, tmp_p
         for t in record:
             if t <= n:
                 assert frames[t].shape == lr[f"pixels.{seed}.{t}"].shape == (480, 480, 3)
-                np.testing.assert_array_equal(frames[t], lr[f"pixels.{seed}.{t}"], err_msg=f"{task} seed {seed} step {t}")
+                np.testing.assert_array_equal(frames[t], lr[f"pixels.{seed}.{t}"],
+                                              err_msg=f"{task} seed {seed} step {t}")
