@@ -117,7 +117,8 @@ def check_flow_artifact(vla, obs: list[dict], tmp_path: Path, precision: str = "
     return art.manifest
 
 
-@pytest.mark.parametrize("case", ["lerobot-defaults", "min-max-missing-camera"])
+# the second case is `slow` (33 s) to keep the default run under 20 minutes; run it with -m slow
+@pytest.mark.parametrize("case", ["lerobot-defaults", pytest.param("min-max-missing-camera", marks=pytest.mark.slow)])
 def test_the_standalone_runner_reproduces_smolvla(case, tmp_path):
     """SmolVLA with LeRobot's defaults (longest padding, MEAN_STD images, an empty camera), and
     MIN_MAX everywhere with a camera missing at run time: the runner, given the step's noise,
