@@ -44,6 +44,18 @@ def lerobot_python() -> str:
     return LEROBOT_PYTHON
 
 
+def run_in_lerobot(script: str, job: dict, tmp_path: Path, **env) -> np.lib.npyio.NpzFile:
+    """`script` (beside this file) run by LeRobot's interpreter on `job` (written as job.json, with
+    `out` set to tmp_path/out.npz); returns what it wrote there."""
+    python = lerobot_python()
+    job = {**job, "out": str(tmp_path / "out.npz")}
+    (tmp_path / "job.json").write_text(json.dumps(job))
+    p = subprocess.run([python, str(HERE / script), str(tmp_path / "job.json")], capture_output=True, text=True,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", **env}, timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return np.load(tmp_path / "out.npz")
+
+
 def pi0_case(tmp, kind, dtype, **overrides):
     from vla_compress.models.pi0.fixtures import write_tiny_pi0
 
@@ -79,7 +91,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_lerobot_predicts_what_vla_compress_predicts(case, tmp_path):
-    python = lerobot_python()
+    lerobot_python()  # skip before building anything when LeRobot is absent
     path, obs = CASES[case](tmp_path)
     vla = load_vla(path)
     x = vla.preprocess([obs])
@@ -91,13 +103,8 @@ def test_lerobot_predicts_what_vla_compress_predicts(case, tmp_path):
     np.savez(tmp_path / "in.npz", state=obs["state"][None], noise=noise.numpy(),
              instruction=np.array(obs["instruction"]),
              **{f"image.{k}": v[None] for k, v in obs["images"].items()})
-    job = {"checkpoint": str(path), "inputs": str(tmp_path / "in.npz"), "out": str(tmp_path / "out.npz")}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([python, str(HERE / "predict_in_lerobot.py"), str(tmp_path / "job.json")],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-4000:]
-    lr = np.load(tmp_path / "out.npz")
+    lr = run_in_lerobot("predict_in_lerobot.py", {"checkpoint": str(path), "inputs": str(tmp_path / "in.npz")},
+                        tmp_path, TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
 
     assert list(lr["missing_keys"]) in ([], ["model.paligemma_with_expert.paligemma.model.language_model"
                                              ".embed_tokens.weight"])  # π0: tied to lm_head, as LeRobot saves it
@@ -116,21 +123,15 @@ def test_lerobot_predicts_what_vla_compress_predicts(case, tmp_path):
 def test_lerobot_metaworld_suite_observes_what_lerobots_env_observes(task, tmp_path):
     """The `lerobot-metaworld` suite against LeRobot's own MetaworldEnv: the same seeds, the same 30
     actions, the same frames (bit for bit), agent_pos and success flags."""
-    python = lerobot_python()
+    lerobot_python()  # skip before rolling anything when LeRobot is absent
     from vla_compress.evaluate.lerobot_metaworld import LeRobotMetaWorldEnv, seed_for
 
     seeds = [seed_for(task, 0), seed_for(task, 1)]
     actions = np.random.default_rng(0).uniform(-1, 1, (30, 4)).astype(np.float32)
     record = [0, 10, 30]
     np.savez(tmp_path / "actions.npz", actions=actions)
-    job = {"task": task, "seeds": seeds, "actions": str(tmp_path / "actions.npz"), "record": record,
-           "out": str(tmp_path / "out.npz")}
-    (tmp_path / "job.json").write_text(json.dumps(job))
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([python, str(HERE / "metaworld_in_lerobot.py"), str(tmp_path / "job.json")],
-                       capture_output=True, text=True, env=env, timeout=600)
-    assert p.returncode == 0, p.stderr[-4000:]
-    lr = np.load(tmp_path / "out.npz")
+    job = {"task": task, "seeds": seeds, "actions": str(tmp_path / "actions.npz"), "record": record}
+    lr = run_in_lerobot("metaworld_in_lerobot.py", job, tmp_path, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
 
     for seed in seeds:
         ours = LeRobotMetaWorldEnv(task)
